@@ -1,0 +1,235 @@
+"""Plain and residual networks of He et al. (2015), CIFAR and ImageNet families.
+
+One ``ResNet`` class covers both families: a stem, stages of blocks and a
+global-average-pool + linear head. The families differ only in their
+``NetworkSpec`` (stem, block type, blocks per stage, widths), built by
+``cifar_spec`` and ``imagenet_spec`` from a depth.
+
+- CIFAR (paper Sec. 4.2): depth 6n+2; 3x3 stem with 16 filters; three stages
+  of n basic blocks with 16/32/64 filters; the first block of stages 2 and 3
+  downsamples with a stride-2 conv.
+- ImageNet (paper Table 1): 7x7/2 stem + 3x3/2 max-pool; basic blocks for
+  18/34 and bottlenecks for 50/101/152.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.blocks import SHORTCUT_OPTIONS, BasicBlock, BottleneckBlock, ConvBN, LayerOptions
+
+IMAGENET_STAGES = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+STEMS = ("cifar", "imagenet")
+BOTTLENECK_STRIDES = ("first", "middle")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    """Everything that defines a network's architecture, independent of its parameters."""
+
+    family: str  # 'cifar' or 'imagenet'
+    depth: int
+    block: str  # 'basic' or 'bottleneck'
+    stage_sizes: tuple[int, ...]
+    widths: tuple[int, ...]
+    stem: str  # 'cifar' (3x3/1) or 'imagenet' (7x7/2 + max-pool)
+    stem_width: int
+    plain: bool = False
+    shortcut: str = "A"
+    num_classes: int = 10
+    in_channels: int = 3
+    bottleneck_stride: str = "first"
+
+    @property
+    def name(self) -> str:
+        return f"{'plain' if self.plain else 'resnet'}-{self.depth}"
+
+    def validate(self) -> None:
+        if self.shortcut not in SHORTCUT_OPTIONS:
+            raise ValueError(
+                f"unknown shortcut option {self.shortcut!r}; allowed: {', '.join(SHORTCUT_OPTIONS)}"
+            )
+        if self.stem not in STEMS:
+            raise ValueError(f"unknown stem {self.stem!r}; allowed: {', '.join(STEMS)}")
+        if self.bottleneck_stride not in BOTTLENECK_STRIDES:
+            raise ValueError(
+                f"unknown bottleneck_stride {self.bottleneck_stride!r}; allowed: "
+                f"{', '.join(BOTTLENECK_STRIDES)}"
+            )
+        if len(self.widths) != len(self.stage_sizes):
+            raise ValueError(
+                f"widths {tuple(self.widths)} must have one entry per stage "
+                f"({len(self.stage_sizes)} stages)"
+            )
+        if any(w < 1 for w in self.widths) or self.stem_width < 1:
+            raise ValueError(f"widths must be positive, got {tuple(self.widths)}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
+
+
+def cifar_spec(depth: int, *, widths: tuple[int, ...] = (16, 32, 64), **kw) -> NetworkSpec:
+    """The paper's CIFAR network of depth 6n+2 (20, 32, 44, 56, 110, 1202, ...)."""
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(
+            f"CIFAR depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...), "
+            f"got {depth}"
+        )
+    n = (depth - 2) // 6
+    widths = tuple(widths)
+    if len(widths) != 3:
+        raise ValueError(f"CIFAR widths must have one entry per stage (3), got {widths}")
+    return NetworkSpec(
+        family="cifar",
+        depth=depth,
+        block="basic",
+        stage_sizes=(n,) * len(widths),
+        widths=widths,
+        stem="cifar",
+        stem_width=widths[0],
+        **kw,
+    )
+
+
+def imagenet_spec(
+    depth: int, *, widths: tuple[int, ...] = (64, 128, 256, 512), stem: str = "imagenet", **kw
+) -> NetworkSpec:
+    """The paper's ImageNet network (Table 1): 18, 34 (basic) or 50, 101, 152 (bottleneck)."""
+    if depth not in IMAGENET_STAGES:
+        raise ValueError(
+            f"ImageNet depth must be one of {', '.join(map(str, IMAGENET_STAGES))}, got {depth}"
+        )
+    block, sizes = IMAGENET_STAGES[depth]
+    return NetworkSpec(
+        family="imagenet",
+        depth=depth,
+        block=block,
+        stage_sizes=sizes,
+        widths=tuple(widths),
+        stem=stem,
+        stem_width=64,
+        **kw,
+    )
+
+
+class Stem(nnx.Module):
+    """CIFAR: 3x3/1 conv-BN-ReLU. ImageNet: 7x7/2 conv-BN-ReLU then 3x3/2 max-pool."""
+
+    def __init__(self, spec: NetworkSpec, opts: LayerOptions, *, rngs: nnx.Rngs):
+        self.max_pool = spec.stem == "imagenet"
+        k, s = (7, 2) if self.max_pool else (3, 1)
+        self.unit = ConvBN(spec.in_channels, spec.stem_width, k, s, opts, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nnx.relu(self.unit(x))
+        if self.max_pool:
+            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        return x
+
+
+class Stage(nnx.Module):
+    """A run of blocks at one resolution; the first one may downsample and widen."""
+
+    def __init__(
+        self,
+        spec: NetworkSpec,
+        in_features: int,
+        width: int,
+        num_blocks: int,
+        stride: int,
+        opts: LayerOptions,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        blocks = []
+        for i in range(num_blocks):
+            if spec.block == "basic":
+                block = BasicBlock(
+                    in_features,
+                    width,
+                    stride if i == 0 else 1,
+                    residual=not spec.plain,
+                    shortcut=spec.shortcut,
+                    opts=opts,
+                    rngs=rngs,
+                )
+            else:
+                block = BottleneckBlock(
+                    in_features,
+                    width,
+                    stride if i == 0 else 1,
+                    residual=not spec.plain,
+                    shortcut=spec.shortcut,
+                    opts=opts,
+                    rngs=rngs,
+                    stride_on=spec.bottleneck_stride,
+                )
+            blocks.append(block)
+            in_features = block.out_features
+        self.out_features = in_features
+        self.blocks = nnx.List(blocks)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
+        """Returns (output, each block's output, each block's branch response)."""
+        outputs, responses = [], []
+        for block in self.blocks:
+            x, response = block(x)
+            outputs.append(x)
+            responses.append(response)
+        return x, outputs, responses
+
+
+class ResNet(nnx.Module):
+    """Stem, stages and a global-average-pool + linear classifier.
+
+    ``model(x)`` returns logits; ``model(x, return_features=True)`` returns
+    ``(logits, features)`` where ``features['block_outputs']`` and
+    ``features['branch_responses']`` list each block's output and its
+    branch's response (after the last BN, before the addition), the data of
+    the paper's Fig. 7.
+    """
+
+    def __init__(self, spec: NetworkSpec, opts: LayerOptions, *, rngs: nnx.Rngs):
+        spec.validate()
+        self.spec = spec
+        self.dtype = opts.dtype
+        self.stem = Stem(spec, opts, rngs=rngs)
+        stages, features = [], spec.stem_width
+        for i, (size, width) in enumerate(zip(spec.stage_sizes, spec.widths, strict=True)):
+            stride = 1 if i == 0 else 2
+            stage = Stage(spec, features, width, size, stride, opts, rngs=rngs)
+            stages.append(stage)
+            features = stage.out_features
+        self.stages = nnx.List(stages)
+        self.head = nnx.Linear(
+            features,
+            spec.num_classes,
+            dtype=opts.dtype,
+            param_dtype=opts.param_dtype,
+            rngs=rngs,
+        )
+        self.num_features = features
+
+    def __call__(self, x: jax.Array, *, return_features: bool = False):
+        x = self.stem(x.astype(self.dtype))
+        outputs, responses = [], []
+        for stage in self.stages:
+            x, outs, resps = stage(x)
+            outputs += outs
+            responses += resps
+        pooled = jnp.mean(x, axis=(1, 2))
+        logits = self.head(pooled).astype(jnp.float32)
+        if return_features:
+            return logits, {"block_outputs": outputs, "branch_responses": responses}
+        return logits

@@ -1,0 +1,231 @@
+"""Tests of the model zoo: published parameter counts, Table 1 multiply-adds, behaviour."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import models
+from models.blocks import IdentityShortcut
+from models.summary import count_macs, count_params
+
+
+def abstract_model(**cfg):
+    return nnx.eval_shape(lambda: models.build_model(cfg))
+
+
+def small_cifar(seed=0, **kw):
+    cfg = dict(family="cifar", depth=8, widths=(4, 8, 16), num_classes=3, in_channels=1, **kw)
+    return models.build_model(cfg, seed=seed)
+
+
+@pytest.mark.parametrize(
+    "depth,params",
+    [(20, 269_722), (32, 464_154), (44, 658_586), (56, 853_018), (110, 1_727_962),
+     (1202, 19_421_274)],
+)
+def test_cifar_parameter_counts_match_the_published_ones(depth, params):
+    # Real (not abstract) models: nnx.eval_shape grows quadratically with depth.
+    for plain in (False, True):
+        model = models.build_model(dict(family="cifar", depth=depth, plain=plain, num_classes=10))
+        assert count_params(model) == params
+
+
+@pytest.mark.parametrize(
+    "depth,params",
+    [(18, 11_689_512), (34, 21_797_672), (50, 25_557_032), (101, 44_549_160),
+     (152, 60_192_808)],
+)
+def test_imagenet_parameter_counts_match_torchvision(depth, params):
+    model = abstract_model(family="imagenet", depth=depth, shortcut="B", num_classes=1000)
+    assert count_params(model) == params
+
+
+def _macs(model, size, channels=3):
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+
+    def forward(state, x):
+        m = nnx.merge(graphdef, state)
+        m.eval()
+        return m(x)
+
+    return count_macs(forward, state, x)
+
+
+@pytest.mark.parametrize(
+    "depth,paper", [(18, 1.8e9), (34, 3.6e9), (50, 3.8e9), (101, 7.6e9), (152, 11.3e9)]
+)
+def test_imagenet_multiply_adds_within_3_percent_of_table_1(depth, paper):
+    macs = _macs(abstract_model(family="imagenet", depth=depth, num_classes=1000), 224)
+    assert abs(macs - paper) / paper < 0.03
+
+
+@pytest.mark.parametrize("depth,approx", [(20, 41e6), (56, 125e6), (110, 253e6)])
+def test_cifar_multiply_adds(depth, approx):
+    macs = _macs(abstract_model(family="cifar", depth=depth), 32)
+    assert abs(macs - approx) / approx < 0.02
+
+
+def test_option_a_shortcut_is_subsample_and_zero_pad():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+    y = IdentityShortcut(4, 10, stride=2)(x)
+    expected = np.zeros((2, 4, 4, 10), np.float32)
+    expected[..., 3:7] = np.asarray(x)[:, ::2, ::2, :]  # 6 new channels: 3 before, 3 after
+    np.testing.assert_array_equal(np.asarray(y), expected)
+    np.testing.assert_array_equal(np.asarray(IdentityShortcut(4, 4, 1)(x)), np.asarray(x))
+
+
+def _zero_last_bn(block):
+    last = block.unit2.bn
+    last.scale[...] = jnp.zeros_like(last.scale[...])
+    last.bias[...] = jnp.zeros_like(last.bias[...])
+
+
+def test_plain_net_has_no_path_that_skips_a_block():
+    """Silencing one block's branch cuts a plain net's input off; a residual net still sees it."""
+    x1 = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+    x2 = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
+    for plain in (True, False):
+        model = small_cifar(plain=plain)
+        model.eval()
+        _zero_last_bn(model.stages[1].blocks[0])
+        same = np.allclose(np.asarray(model(x1)), np.asarray(model(x2)))
+        assert same == plain
+
+
+def test_plain_and_residual_nets_have_the_same_layers():
+    plain, res = small_cifar(plain=True), small_cifar(plain=False)
+    shapes = lambda m: jax.tree.map(lambda a: a.shape, nnx.state(m, nnx.Param))  # noqa: E731
+    assert shapes(plain) == shapes(res)
+    # Same seed: the very same weights, so the only difference is the shortcut.
+    pairs = zip(jax.tree.leaves(nnx.state(plain)), jax.tree.leaves(nnx.state(res)), strict=True)
+    for a, b in pairs:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_batchnorm_train_and_eval_modes_differ_as_they_should():
+    model = small_cifar()
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
+    unit = model.stem.unit
+    before = np.asarray(unit.bn.mean[...]).copy()
+    model.train()
+    y_train = np.asarray(unit(x))
+    # Training mode normalises with the batch's own statistics ...
+    np.testing.assert_allclose(y_train.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(y_train.std(axis=(0, 1, 2)), 1.0, atol=1e-2)
+    # ... and moves the running averages towards them (momentum 0.9).
+    batch_mean = np.asarray(unit.conv(x)).mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(
+        np.asarray(unit.bn.mean[...]), 0.9 * before + 0.1 * batch_mean, rtol=1e-4, atol=1e-5
+    )
+    model.eval()
+    running = np.asarray(unit.bn.mean[...]).copy()
+    y_eval = np.asarray(unit(x))
+    np.testing.assert_array_equal(np.asarray(unit.bn.mean[...]), running)  # eval: no update
+    var = np.asarray(unit.bn.var[...])
+    expected = (np.asarray(unit.conv(x)) - running) / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(y_eval, expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(y_train, y_eval)
+
+
+def test_same_seed_same_parameters_and_different_seed_different():
+    leaves = lambda m: [np.asarray(a) for a in jax.tree.leaves(nnx.state(m, nnx.Param))]  # noqa: E731
+    a, b, c = leaves(small_cifar(seed=0)), leaves(small_cifar(seed=0)), leaves(small_cifar(seed=1))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+@pytest.mark.parametrize("mode,fan", [("fan_in", 3 * 3 * 64), ("fan_out", 3 * 3 * 64)])
+def test_he_normal_initialisation(mode, fan):
+    model = models.build_model(dict(family="cifar", depth=56, init_mode=mode))
+    kernel = np.asarray(model.stages[2].blocks[1].unit1.conv.kernel[...])
+    assert abs(kernel.std() - np.sqrt(2.0 / fan)) / np.sqrt(2.0 / fan) < 0.05
+
+
+def test_zero_init_residual_makes_residual_blocks_identity_at_start():
+    model = small_cifar(zero_init_residual=True)
+    model.eval()
+    block = model.stages[0].blocks[0]
+    x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 8, 8, 4)))
+    np.testing.assert_allclose(np.asarray(block(x)[0]), np.asarray(x), atol=1e-6)
+    assert not np.any(np.asarray(small_cifar().stages[0].blocks[0].unit2.bn.scale[...]) == 0)
+
+
+@pytest.mark.parametrize("where,strides", [("first", (2, 1)), ("middle", (1, 2))])
+def test_bottleneck_stride_placement(where, strides):
+    model = abstract_model(family="imagenet", depth=50, bottleneck_stride=where)
+    block = model.stages[1].blocks[0]
+    assert (block.unit1.conv.strides, block.unit2.conv.strides) == strides
+
+
+def test_shortcut_options_b_and_c_project_where_they_should():
+    def projections(option):
+        model = abstract_model(family="imagenet", depth=18, shortcut=option)
+        return [not isinstance(b.shortcut, IdentityShortcut)
+                for s in model.stages for b in s.blocks]
+
+    assert projections("A") == [False] * 8
+    assert projections("B") == [False, False, True, False, True, False, True, False]
+    assert projections("C") == [True] * 8
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+    model = small_cifar(dtype="bfloat16")
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert all(p.dtype == jnp.float32 for p in params)
+    logits, feats = model(jnp.ones((2, 8, 8, 1)), return_features=True)
+    assert logits.dtype == jnp.float32
+    assert feats["block_outputs"][0].dtype == jnp.bfloat16
+
+
+def test_features_hand_back_every_block_and_its_branch_response():
+    model = small_cifar()
+    model.eval()
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+    logits, feats = model(x, return_features=True)
+    assert len(feats["block_outputs"]) == len(feats["branch_responses"]) == 3
+    assert [f.shape for f in feats["block_outputs"]] == [
+        (2, 8, 8, 4), (2, 4, 4, 8), (2, 2, 2, 16)]
+    block = model.stages[2].blocks[0]
+    np.testing.assert_allclose(
+        np.asarray(feats["branch_responses"][2]),
+        np.asarray(block.branch(feats["block_outputs"][1])), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(model(x)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "cfg,message",
+    [
+        (dict(family="cifar", depth=57), r"6n\+2"),
+        (dict(family="imagenet", depth=40), "18, 34, 50, 101, 152"),
+        (dict(family="cifar", depth=20, shortcut="D"), "allowed: A, B, C"),
+        (dict(family="cifar", depth=20, plain=True, shortcut="A"), "plain net"),
+        (dict(family="vgg", depth=16), "allowed: cifar, imagenet"),
+        (dict(family="cifar", depth=20, dtype="float64"), "float32, bfloat16"),
+        (dict(family="cifar", depth=20, widths=(16, 32)), "one entry per stage"),
+    ],
+)
+def test_bad_architectures_fail_at_construction_with_one_line(cfg, message):
+    with pytest.raises(ValueError, match=message) as e:
+        models.build_model(cfg)
+    assert "\n" not in str(e.value)
+
+
+def test_summary_cli_ends_with_json_and_rejects_bad_depth():
+    out = subprocess.run(
+        [sys.executable, "-m", "models", "cifar", "20", "--plain"],
+        capture_output=True, text=True, check=True)
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last == {**last, "family": "cifar", "depth": 20, "plain": True, "shortcut": None,
+                    "params": 269_722}
+    assert abs(last["flops"] - 41e6) / 41e6 < 0.02
+    bad = subprocess.run([sys.executable, "-m", "models", "cifar", "57"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
