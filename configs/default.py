@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 500
     c.layer_responses = True  # write layer_responses.json (paper's Fig. 7) at the end
     c.seed = 0
+    # One dispatch per log interval (lax.fori_loop) or one per step; None = on
+    # accelerators only (XLA:CPU runs convolutions inside loops ~10x slower).
+    c.loop_on_device = placeholder(bool)
     return c
 
 

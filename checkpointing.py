@@ -1,0 +1,45 @@
+"""Orbax checkpoints of the training state: atomic, last few kept, restored into shardings.
+
+Orbax writes each checkpoint to a temporary directory and renames it when
+complete, so a run killed mid-save leaves the previous checkpoint as the
+latest one: a checkpoint is either complete or ignored, never half-read.
+Checkpoints hold arrays only (no pickle).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Saves and restores one pytree of arrays under ``WORKDIR/checkpoints``."""
+
+    def __init__(self, workdir: str | os.PathLike, keep: int):
+        path = os.path.abspath(os.path.join(os.fspath(workdir), "checkpoints"))
+        self.manager = ocp.CheckpointManager(
+            path,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any) -> None:
+        """Starts an asynchronous save; training continues while it is written."""
+        self.manager.save(step, args=ocp.args.StandardSave(state))
+
+    def restore(self, step: int, like: Any) -> Any:
+        """Restores into the structure, dtypes and shardings of ``like``."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def wait(self) -> None:
+        """Blocks until pending saves are on disk (raises if one failed)."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

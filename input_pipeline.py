@@ -1,0 +1,255 @@
+"""Datasets to device batches: embedded digits, CIFAR in memory, ImageNet streaming.
+
+Small datasets (digits, CIFAR-10/100) are loaded once into host memory as
+uint8 and then held on the accelerators by the trainer; the functions
+``batch_indices``, ``augment_batch`` and ``normalize`` are pure JAX and run
+inside the jitted training step, so no batch crosses from host to device.
+ImageNet streams through a tf.data pipeline, each process reading its shard.
+
+TensorFlow and TFDS are imported lazily, so digits runs never pay for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KNOWN_DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet2012")
+IN_MEMORY_DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100")
+DIGITS_TEST_EXAMPLES = 360
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split held in host memory."""
+
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N,) int32
+
+
+@dataclasses.dataclass(frozen=True)
+class InMemoryData:
+    name: str
+    num_classes: int
+    train: Split
+    test: Split
+    val: Split | None
+    mean_image: np.ndarray  # (H, W, C) float32: per-pixel mean of the train images, in [0, 1]
+
+
+def _check_known(name: str) -> None:
+    if name not in KNOWN_DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
+
+
+def _stratified_split(labels: np.ndarray, n_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out) with ``n_out`` held out, class proportions preserved."""
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+
+    idx = np.arange(len(labels))
+    kept, held = train_test_split(idx, test_size=n_out, random_state=seed, stratify=labels)
+    return np.sort(kept), np.sort(held)
+
+
+def _take(split: Split, idx: np.ndarray) -> Split:
+    return Split(split.images[idx], split.labels[idx])
+
+
+def _load_digits() -> tuple[Split, Split, int]:
+    from sklearn.datasets import load_digits  # noqa: PLC0415
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = d.target.astype(np.int32)
+    train_idx, test_idx = _stratified_split(labels, DIGITS_TEST_EXAMPLES, seed=0)
+    everything = Split(images, labels)
+    return _take(everything, train_idx), _take(everything, test_idx), 10
+
+
+def _import_tfds():
+    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    tf.config.set_visible_devices([], "GPU")  # or TF takes the accelerator's memory
+    return tf, tfds
+
+
+def _not_prepared(name: str, data_dir: str | None, err: Exception) -> ValueError:
+    where = data_dir or "~/tensorflow_datasets"
+    manual = (
+        f"; ImageNet needs the archives in {where}/downloads/manual first" if
+        name == "imagenet2012" else ""
+    )
+    return ValueError(
+        f"dataset {name} is not prepared in {where} and could not be downloaded "
+        f"({type(err).__name__}); run `tfds build {name} --data_dir DIR` on a machine with "
+        f"internet and pass --config.data_dir=DIR{manual}"
+    )
+
+
+def _load_tfds_split(name: str, split: str, data_dir: str | None) -> Split:
+    """A whole TFDS split as numpy (finite batches: batch_size=-1 breaks under mock_data)."""
+    _, tfds = _import_tfds()
+    try:
+        ds = tfds.load(name, split=split, data_dir=data_dir, batch_size=10_000)
+    except Exception as e:  # noqa: BLE001 - TFDS raises many kinds when offline/unprepared
+        raise _not_prepared(name, data_dir, e) from e
+    images, labels = [], []
+    for batch in tfds.as_numpy(ds):
+        images.append(batch["image"])
+        labels.append(batch["label"])
+    return Split(np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32))
+
+
+def load_in_memory(config: Any) -> InMemoryData:
+    """Train/test (and optional validation) splits of an in-memory dataset, as uint8 NHWC."""
+    name = config.dataset
+    _check_known(name)
+    if name not in IN_MEMORY_DATASETS:
+        raise ValueError(
+            f"dataset {name} is streamed, not held in memory; in-memory: "
+            f"{', '.join(IN_MEMORY_DATASETS)}"
+        )
+    if name == "digits":
+        train, test, num_classes = _load_digits()
+    else:
+        data_dir = config.get("data_dir")
+        train = _load_tfds_split(name, "train", data_dir)
+        test = _load_tfds_split(name, "test", data_dir)
+        num_classes = 10 if name == "cifar10" else 100
+    val = None
+    n_val = int(config.get("val_examples", 0) or 0)
+    if n_val:
+        if n_val >= len(train.labels):
+            raise ValueError(
+                f"val_examples ({n_val}) must be smaller than the training set "
+                f"({len(train.labels)} examples)"
+            )
+        kept, held = _stratified_split(train.labels, n_val, seed=int(config.get("data_seed", 0)))
+        train, val = _take(train, kept), _take(train, held)
+    mean = (train.images.astype(np.float64) / 255.0).mean(axis=0).astype(np.float32)
+    return InMemoryData(name, num_classes, train, test, val, mean)
+
+
+# --------------------------------------------------------------------------- on device
+
+
+def batch_indices(key: jax.Array, step, num_examples: int, batch_size: int) -> jax.Array:
+    """Indices of the examples of training step ``step``: a pure function of (key, step).
+
+    Each epoch is a fresh permutation (keyed by the epoch number) cut into
+    ``num_examples // batch_size`` batches; the remainder is dropped.
+    """
+    steps_per_epoch = max(1, num_examples // batch_size)
+    step = jnp.asarray(step, jnp.int32)
+    epoch, within = step // steps_per_epoch, step % steps_per_epoch
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    return jax.lax.dynamic_slice(perm, (within * batch_size,), (batch_size,)).astype(jnp.int32)
+
+
+def augment_batch(key: jax.Array, images: jax.Array, *, crop_padding: int, flip: bool) -> jax.Array:
+    """Per example: zero-pad and take a random crop of the original size; random h-flip."""
+    if not crop_padding and not flip:
+        return images
+    b, h, w, _ = images.shape
+    crop_key, flip_key = jax.random.split(key)
+    if crop_padding:
+        p = crop_padding
+        padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+        offsets = jax.random.randint(crop_key, (b, 2), 0, 2 * p + 1)
+
+        def crop(img, off):
+            return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
+
+        images = jax.vmap(crop)(padded, offsets)
+    if flip:
+        mirror = jax.random.bernoulli(flip_key, 0.5, (b,))
+        images = jnp.where(mirror[:, None, None, None], images[:, :, ::-1, :], images)
+    return images
+
+
+def normalize(images: jax.Array, mean_image: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """The paper's per-pixel mean subtraction, on [0, 1]-scaled pixels."""
+    return (images.astype(jnp.float32) / 255.0 - mean_image).astype(dtype)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def num_examples(config: Any, split: str) -> int:
+    """Examples in a split of a TFDS dataset (from its metadata)."""
+    _check_known(config.dataset)
+    _, tfds = _import_tfds()
+    try:
+        builder = tfds.builder(config.dataset, data_dir=config.get("data_dir"))
+        return builder.info.splits[split].num_examples
+    except Exception as e:  # noqa: BLE001
+        raise _not_prepared(config.dataset, config.get("data_dir"), e) from e
+
+
+def make_streaming_dataset(
+    config: Any,
+    split: str,
+    *,
+    batch_size: int,
+    train: bool,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's share of each global batch of a streamed (ImageNet-style) dataset.
+
+    Train: shuffled, repeated, scale augmentation (shorter side uniform in
+    ``augment.scale_range``), random ``crop_size`` crop and flip. Eval: shorter
+    side resized to crop_size * 256/224, centre crop, one pass; the last batch is
+    padded and ``mask`` marks real examples, so each is counted exactly once.
+    """
+    tf, tfds = _import_tfds()
+    if batch_size % process_count:
+        raise ValueError(f"batch_size {batch_size} must divide across {process_count} processes")
+    local = batch_size // process_count
+    aug = config.augment
+    crop = int(aug.get("crop_size", 224))
+    lo, hi = (int(v) for v in aug.get("scale_range", (256, 480)))
+    shard = tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
+    try:
+        ds = tfds.load(config.dataset, split=shard, data_dir=config.get("data_dir"),
+                       shuffle_files=train)
+    except Exception as e:  # noqa: BLE001
+        raise _not_prepared(config.dataset, config.get("data_dir"), e) from e
+    mean, std = tf.constant(IMAGENET_MEAN), tf.constant(IMAGENET_STD)
+
+    def resize_shorter(image, size):
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = tf.cast(size, tf.float32) / tf.reduce_min(shape)
+        new = tf.cast(tf.round(shape * scale), tf.int32)
+        return tf.image.resize(image, new)
+
+    def prepare(example):
+        image = tf.cast(example["image"], tf.float32)
+        if train:
+            image = resize_shorter(image, tf.random.uniform([], lo, hi + 1, tf.int32))
+            image = tf.image.random_crop(image, (crop, crop, 3))
+            image = tf.image.random_flip_left_right(image)
+        else:
+            image = resize_shorter(image, int(round(crop * 256 / 224)))
+            image = tf.image.resize_with_crop_or_pad(image, crop, crop)
+        image = (image / 255.0 - mean) / std
+        return {"image": image, "label": tf.cast(example["label"], tf.int32),
+                "mask": tf.constant(1.0, tf.float32)}
+
+    if train:
+        ds = ds.repeat().shuffle(10 * local, seed=int(config.get("seed", 0)) + process_index)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    if not train:
+        pad = {"image": tf.zeros((crop, crop, 3)), "label": tf.constant(0, tf.int32),
+               "mask": tf.constant(0.0, tf.float32)}
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(local - 1))
+    ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return iter(tfds.as_numpy(ds))

@@ -1,0 +1,204 @@
+"""The files of a run directory: config.json, metrics.jsonl, summary.json, TensorBoard events.
+
+Everything is JSON (never pickle) and written so that a kill at any moment
+leaves readable files: whole-file writes go to a temporary file that is then
+renamed over the old one, and metrics lines are appended and flushed one at a
+time. On resume, metric lines after the restored checkpoint are dropped so
+that every logged step appears exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterable
+from typing import Any
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Writes JSON to ``path`` atomically (temporary file in the same directory + rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """Keys (dotted) whose values differ between two configs, as 'key: old -> new'."""
+    a, b = flatten(old), flatten(json.loads(json.dumps(new)))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per logged step, mirrored to TensorBoard."""
+
+    def __init__(self, workdir: str, is_writer: bool):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.workdir, self.is_writer = workdir, is_writer
+        self._tb = None
+
+    def read(self) -> list[dict]:
+        if not os.path.exists(self.path):
+            return []
+        lines = []
+        with open(self.path) as f:
+            for raw in f:
+                try:
+                    lines.append(json.loads(raw))
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    break
+        return lines
+
+    def truncate_after(self, step: int) -> None:
+        """Drops lines logged after ``step`` (the restored checkpoint), and any torn line."""
+        if not self.is_writer:
+            return
+        keep = [line for line in self.read() if line["step"] <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(line) + "\n" for line in keep)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def last_value(self, key: str, default: Any) -> Any:
+        lines = self.read()
+        return lines[-1].get(key, default) if lines else default
+
+    def append(self, line: dict) -> None:
+        if not self.is_writer:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self._tb is None:
+            from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+            self._tb = SummaryWriter(self.workdir)
+        for k, v in line.items():
+            if k != "step" and isinstance(v, int | float):
+                self._tb.add_scalar(k, v, line["step"])
+        self._tb.flush()
+
+
+class RunDir:
+    """A run directory: validated, created and described by config.json before training."""
+
+    def __init__(self, workdir: str, is_writer: bool = True):
+        self.workdir, self.is_writer = workdir, is_writer
+        self.metrics = MetricsLog(workdir, is_writer)
+
+    def prepare(self, config: dict, *, allow_config_change: bool = False) -> None:
+        """Creates the directory, or checks that a resumed run has the same config."""
+        path = os.path.join(self.workdir, "config.json")
+        if os.path.exists(path):
+            diffs = config_differences(read_json(path), config)
+            if diffs and not allow_config_change:
+                raise ValueError(
+                    f"{self.workdir} holds a run with a different config ({'; '.join(diffs)}); "
+                    "use another --workdir, or --allow-config-change to resume anyway"
+                )
+        try:
+            os.makedirs(self.workdir, exist_ok=True)
+            if self.is_writer:
+                write_json_atomic(path, config)
+        except OSError as e:
+            raise ValueError(f"cannot write the run directory {self.workdir}: {e.strerror}") from e
+
+    def write_json(self, name: str, obj: Any) -> None:
+        if self.is_writer:
+            write_json_atomic(os.path.join(self.workdir, name), obj)
+
+
+def summarize(lines: Iterable[dict], **fields: Any) -> dict:
+    """summary.json: final/best errors from the metric lines, plus the given fields."""
+    lines = list(lines)
+    evals = [line for line in lines if "test_error" in line]
+    last = lines[-1] if lines else {}
+    summary = {
+        "final_train_error": last.get("train_error"),
+        "final_test_error": evals[-1]["test_error"] if evals else None,
+        "best_test_error": min(e["test_error"] for e in evals) if evals else None,
+        "wall_time_s": last.get("elapsed_s"),
+        "last_logged_step": last.get("step"),
+    }
+    vals = [line for line in lines if "val_error" in line]
+    if vals:
+        summary["final_val_error"] = vals[-1]["val_error"]
+    summary.update(fields)
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in summary.items()}
+
+
+def record_failure(workdir: str, config: Any, status: str, error: str, **extra: Any) -> None:
+    """Writes summary.json for a run that stopped without finishing (diverged / failed)."""
+    if not os.path.isdir(workdir):
+        return
+    import models  # noqa: PLC0415
+
+    try:
+        name = models.spec_from_config(config.model).name
+    except ValueError:
+        name = None
+    summary = summarize(MetricsLog(workdir, False).read(), status=status, name=name,
+                        error=error, **extra)
+    write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+
+
+class Progress:
+    """A tqdm bar on a terminal; plain log lines (one per logged step) otherwise."""
+
+    def __init__(self, total: int, initial: int, log_every: int):
+        self.tty = sys.stdout.isatty()
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm  # noqa: PLC0415
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+        self.total = total
+
+    def update(self, line: dict) -> None:
+        shown = {"loss": f"{line['train_loss']:.3f}", "err": f"{line['train_error']:.3f}",
+                 "img/s": f"{line['images_per_sec']:.0f}"}
+        if "test_error" in line:
+            shown["test_err"] = f"{line['test_error']:.4f}"
+        if self.bar is not None:
+            self.bar.update(line["step"] - self.bar.n)
+            self.bar.set_postfix(shown, refresh=True)
+        else:
+            print(f"step {line['step']}/{self.total} " + " ".join(f"{k}={v}" for k, v in
+                                                                shown.items()), flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

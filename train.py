@@ -1,0 +1,551 @@
+"""Trains one network from one config: ``python train.py --config FILE[:ARG] --workdir DIR``.
+
+``train_and_evaluate(config, workdir)`` is the importable function behind the
+command. A run is a directory: ``config.json``, ``metrics.jsonl`` (one JSON
+object per logged step), ``summary.json``, TensorBoard events and Orbax
+checkpoints. Running the same command on an existing workdir resumes from the
+latest checkpoint and ends with the same numbers as an uninterrupted run: the
+order of examples and the augmentation are pure functions of (seed, step).
+
+In-memory datasets (digits, CIFAR) live on the devices; sampling, crop, flip
+and normalisation run inside the jitted step, and one dispatch runs all the
+steps up to the next log line (``lax.fori_loop``), so nothing crosses from
+host to device during training. ImageNet streams from TFDS instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+import input_pipeline
+import models
+import parallel
+import run_files
+from checkpointing import Checkpointer
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Diverged(RuntimeError):
+    """The training loss became non-finite."""
+
+    def __init__(self, step: int, last_checkpoint: int | None):
+        self.step, self.last_checkpoint = step, last_checkpoint
+        where = f"step {last_checkpoint}" if last_checkpoint is not None else "none"
+        super().__init__(f"loss is not finite at step {step}; last good checkpoint: {where}")
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved before stopping."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at step {step}: checkpoint saved; run again to resume")
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """All durations of a run in steps, derived in one place from the final config."""
+
+    total_steps: int
+    steps_per_epoch: int
+    boundaries: tuple[int, ...]
+    warmup_steps: int
+
+
+def derive_schedule(config: ml_collections.ConfigDict, num_train: int) -> Schedule:
+    """Converts epochs and fractions to steps, after every command-line override."""
+    steps_per_epoch = max(1, num_train // config.batch_size)
+    if config.num_epochs is not None:
+        if not config.num_epochs > 0:
+            raise ValueError(f"num_epochs must be positive, got {config.num_epochs}")
+        total = math.ceil(config.num_epochs * steps_per_epoch)
+    else:
+        total = config.num_steps
+    s = config.schedule
+    if s.boundaries_steps is not None:
+        boundaries = tuple(int(b) for b in s.boundaries_steps)
+    elif s.boundaries_epochs is not None:
+        boundaries = tuple(round(e * steps_per_epoch) for e in s.boundaries_epochs)
+    else:
+        boundaries = tuple(round(f * total) for f in s.boundaries_fraction)
+    if list(boundaries) != sorted(boundaries) or any(b < 0 for b in boundaries):
+        raise ValueError(f"LR boundaries must be non-negative and increasing, got {boundaries}")
+    return Schedule(total, steps_per_epoch, boundaries, int(s.warmup_steps))
+
+
+def learning_rate(config: ml_collections.ConfigDict, sched: Schedule, step, warm) -> jax.Array:
+    """LR at ``step`` (traced); ``warm`` is the state of the warm-up-until-error rule."""
+    base = config.optimizer.lr
+    step = jnp.asarray(step, jnp.float32)
+    if config.schedule.name == "cosine":
+        span = max(1, sched.total_steps - sched.warmup_steps)
+        progress = jnp.clip((step - sched.warmup_steps) / span, 0.0, 1.0)
+        lr = base * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    else:
+        passed = sum((step >= b).astype(jnp.float32) for b in sched.boundaries)
+        lr = base * jnp.asarray(config.schedule.decay_factor, jnp.float32) ** passed
+    if sched.warmup_steps:
+        lr = lr * jnp.minimum(1.0, (step + 1) / sched.warmup_steps)
+    if config.schedule.warmup_until_error is not None:
+        lr = jnp.where(warm, config.schedule.warmup_lr, lr)
+    return lr
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """L2 weight decay added to the gradient (as Caffe), then momentum; LR applied in the step."""
+    opt = config.optimizer
+
+    def decay_mask(params):
+        if opt.weight_decay_on == "all":
+            return jax.tree.map(lambda _: True, params)
+        return nnx.map_state(lambda path, _: path[-1] == "kernel", params)
+
+    return optax.chain(
+        optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
+        optax.trace(decay=opt.momentum, nesterov=opt.nesterov),
+    )
+
+
+# --------------------------------------------------------------------------- validation
+
+KNOWN_SCHEDULES = ("piecewise", "cosine")
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Checks everything that can be checked before any compute; raises a one-line ValueError."""
+    if config.dataset not in input_pipeline.KNOWN_DATASETS:
+        raise ValueError(
+            f"unknown dataset {config.dataset!r}; known: "
+            f"{', '.join(input_pipeline.KNOWN_DATASETS)}"
+        )
+    models.spec_from_config(config.model)
+    models.layer_options_from_config(config.model)
+    parallel.bn_axis_name(config.batch_norm)
+    opt = config.optimizer
+    if not (math.isfinite(opt.lr) and opt.lr > 0):
+        raise ValueError(f"optimizer.lr must be a positive finite number, got {opt.lr}")
+    if not (math.isfinite(opt.weight_decay) and opt.weight_decay >= 0):
+        raise ValueError(f"optimizer.weight_decay must be >= 0, got {opt.weight_decay}")
+    if not 0 <= opt.momentum < 1:
+        raise ValueError(f"optimizer.momentum must be in [0, 1), got {opt.momentum}")
+    if opt.weight_decay_on not in ("all", "kernels"):
+        raise ValueError(
+            f"optimizer.weight_decay_on must be 'all' or 'kernels', got {opt.weight_decay_on!r}"
+        )
+    if config.schedule.name not in KNOWN_SCHEDULES:
+        raise ValueError(
+            f"unknown schedule.name {config.schedule.name!r}; allowed: {', '.join(KNOWN_SCHEDULES)}"
+        )
+    if config.num_epochs is None and not config.num_steps > 0:
+        raise ValueError(f"num_steps must be positive, got {config.num_steps}")
+    for key in ("batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                "keep_checkpoints", "eval_batch_size"):
+        if not config[key] > 0:
+            raise ValueError(f"{key} must be positive, got {config[key]}")
+    if config.batch_size % num_devices:
+        raise ValueError(
+            f"batch_size {config.batch_size} does not divide evenly across {num_devices} "
+            f"devices; use a multiple of {num_devices}"
+        )
+    for key in ("eval_every_steps", "checkpoint_every_steps"):
+        if config[key] % config.log_every_steps:
+            raise ValueError(
+                f"{key} ({config[key]}) must be a multiple of log_every_steps "
+                f"({config.log_every_steps})"
+            )
+    if config.val_examples < 0:
+        raise ValueError(f"val_examples must be >= 0, got {config.val_examples}")
+
+
+# --------------------------------------------------------------------------- state and steps
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: steps taken
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    warm: jax.Array  # bool: the warm-up-until-error rule is still in force
+    first_bad_step: jax.Array  # int32: first step whose loss was not finite, -1 if none
+
+
+@dataclasses.dataclass
+class Trainer:
+    """The compiled pieces of one run and the static facts they close over."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    graphdef: Any
+    rest: Any
+    tx: optax.GradientTransformation
+    schedule: Schedule
+
+    def model(self, params, batch_stats) -> models.ResNet:
+        return nnx.merge(self.graphdef, params, batch_stats, self.rest)
+
+    def loss_fn(self, params, batch_stats, x, y):
+        model = self.model(params, batch_stats)
+        model.train()
+        logits = model(x)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        error = jnp.mean(jnp.argmax(logits, -1) != y)
+        return loss, (error, nnx.state(model, nnx.BatchStat))
+
+    def apply_gradients(self, state: TrainState, x, y) -> tuple[TrainState, jax.Array, jax.Array]:
+        """One SGD step on a global batch already laid out along the mesh."""
+        grads_fn = parallel.data_parallel_grads(self.loss_fn, self.mesh)
+        loss, error, batch_stats, grads = grads_fn(state.params, state.batch_stats, x, y)
+        lr = learning_rate(self.config, self.schedule, state.step, state.warm)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+        threshold = self.config.schedule.warmup_until_error
+        warm = state.warm & (error >= threshold) if threshold is not None else state.warm
+        bad = (state.first_bad_step < 0) & ~jnp.isfinite(loss)
+        state = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            warm=warm,
+            first_bad_step=jnp.where(bad, state.step, state.first_bad_step),
+        )
+        return state, loss, error
+
+
+def init_state(trainer_parts: tuple, config: ml_collections.ConfigDict, mesh) -> TrainState:
+    graphdef, params, batch_stats, _ = trainer_parts
+    tx = make_optimizer(config)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        warm=jnp.asarray(config.schedule.warmup_until_error is not None),
+        first_bad_step=jnp.full((), -1, jnp.int32),
+    )
+    return jax.device_put(state, parallel.replicated(mesh))
+
+
+def build_trainer(config: ml_collections.ConfigDict, mesh, schedule: Schedule):
+    model = models.build_model(
+        config.model, seed=config.seed, bn_axis_name=parallel.bn_axis_name(config.batch_norm)
+    )
+    graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    trainer = Trainer(config, mesh, graphdef, rest, make_optimizer(config), schedule)
+    return trainer, (graphdef, params, batch_stats, rest)
+
+
+def device_data(mesh, split: input_pipeline.Split) -> dict[str, jax.Array]:
+    """A split replicated on every device (every process passes the same host arrays)."""
+    sharding = parallel.replicated(mesh)
+    return {
+        "images": jax.make_array_from_callback(split.images.shape, sharding,
+                                               lambda i: split.images[i]),
+        "labels": jax.make_array_from_callback(split.labels.shape, sharding,
+                                               lambda i: split.labels[i]),
+    }
+
+
+def make_train_chunk(trainer: Trainer, num_train: int) -> Callable:
+    """Returns ``run(state, data, step) -> (state, sums)``: every step up to the next log step.
+
+    ``sums`` holds the summed (loss, error, steps) of the chunk, on device. The
+    batch of step s is a pure function of (seed, s), so a resumed run sees the
+    batches an uninterrupted one would. On accelerators the whole chunk is one
+    dispatch (``lax.fori_loop``); on CPU, where XLA runs convolutions inside
+    loops about 10x slower, each step is its own dispatch.
+    """
+    config, sched = trainer.config, trainer.schedule
+    log_every, total = config.log_every_steps, sched.total_steps
+    base = jax.random.key(config.seed)
+    order_key, augment_key = jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
+    batch_sharding = parallel.batch_sharded(trainer.mesh)
+
+    def one_step(state, data, sums):
+        idx = input_pipeline.batch_indices(order_key, state.step, num_train, config.batch_size)
+        idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
+        images = input_pipeline.augment_batch(
+            jax.random.fold_in(augment_key, state.step),
+            data["images"][idx],
+            crop_padding=config.augment.crop_padding,
+            flip=config.augment.flip,
+        )
+        x = input_pipeline.normalize(images, data["mean"])
+        y = data["labels"][idx]
+        state, loss, error = trainer.apply_gradients(state, x, y)
+        return state, sums + jnp.stack([loss, error, 1.0])
+
+    def steps_until_log(step: int) -> int:
+        return min(log_every - step % log_every, total - step)
+
+    loop_on_device = config.loop_on_device
+    if loop_on_device is None:
+        loop_on_device = jax.default_backend() != "cpu"
+    zeros = jax.jit(lambda: jnp.zeros(3), out_shardings=parallel.replicated(trainer.mesh))
+
+    if loop_on_device:
+
+        def chunk(state, data):
+            n = jnp.minimum(log_every - state.step % log_every, total - state.step)
+            body = lambda _, c: one_step(c[0], data, c[1])  # noqa: E731
+            return jax.lax.fori_loop(0, n, body, (state, jnp.zeros(3)))
+
+        chunk_fn = jax.jit(chunk, donate_argnums=0)
+        return lambda state, data, step: chunk_fn(state, data)
+
+    step_fn = jax.jit(one_step, donate_argnums=(0, 2))
+
+    def run(state, data, step):
+        sums = zeros()
+        for _ in range(steps_until_log(step)):
+            state, sums = step_fn(state, data, sums)
+        return state, sums
+
+    return run
+
+
+def make_eval_fn(trainer: Trainer) -> Callable:
+    """Jitted: (summed error, summed loss, count) over a whole padded split, in one dispatch."""
+
+    def evaluate(params, batch_stats, split: dict, mean):
+        model = trainer.model(params, batch_stats)
+        model.eval()
+
+        def body(sums, batch):
+            x = input_pipeline.normalize(batch["images"], mean)
+            logits = model(x)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+            wrong = (jnp.argmax(logits, -1) != batch["labels"]).astype(jnp.float32)
+            m = batch["mask"]
+            return sums + jnp.stack([(wrong * m).sum(), (loss * m).sum(), m.sum()]), None
+
+        sums, _ = jax.lax.scan(body, jnp.zeros(3), split)
+        return sums
+
+    return jax.jit(evaluate)
+
+
+def make_response_fn(trainer: Trainer) -> Callable:
+    """Jitted: std of each block's branch response over a padded split (paper's Fig. 7)."""
+
+    def responses(params, batch_stats, split: dict, mean):
+        model = trainer.model(params, batch_stats)
+        model.eval()
+
+        def body(sums, batch):
+            _, feats = model(input_pipeline.normalize(batch["images"], mean),
+                             return_features=True)
+            m = batch["mask"]
+            s1 = jnp.stack([(r.astype(jnp.float32).mean((1, 2, 3)) * m).sum()
+                            for r in feats["branch_responses"]])
+            s2 = jnp.stack([(jnp.square(r.astype(jnp.float32)).mean((1, 2, 3)) * m).sum()
+                            for r in feats["branch_responses"]])
+            return (sums[0] + s1, sums[1] + s2, sums[2] + m.sum()), None
+
+        n = sum(len(s.blocks) for s in model.stages)
+        (s1, s2, count), _ = jax.lax.scan(body, (jnp.zeros(n), jnp.zeros(n), 0.0), split)
+        mean_ = s1 / count
+        return jnp.sqrt(jnp.maximum(s2 / count - mean_**2, 0.0))
+
+    return jax.jit(responses)
+
+
+def padded_eval_split(mesh, split: input_pipeline.Split, batch_size: int) -> dict:
+    """(batches, batch, ...) arrays with a mask, so a partial last batch needs no recompile."""
+    n = len(split.labels)
+    nb = max(1, math.ceil(n / batch_size))
+    pad = nb * batch_size - n
+    images = np.concatenate([split.images, np.zeros((pad, *split.images.shape[1:]), np.uint8)])
+    labels = np.concatenate([split.labels, np.zeros(pad, np.int32)])
+    mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    host = {
+        "images": images.reshape(nb, batch_size, *images.shape[1:]),
+        "labels": labels.reshape(nb, batch_size),
+        "mask": mask.reshape(nb, batch_size),
+    }
+    sharding = parallel.batch_sharded(mesh, leading_axes=1)
+    return {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
+            for k, v in host.items()}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _eval_batch_size(config, num_devices: int, n: int) -> int:
+    size = min(config.eval_batch_size, max(n, 1))
+    return math.ceil(size / num_devices) * num_devices
+
+
+class _SignalFlag:
+    """Records SIGTERM/SIGINT so the loop can checkpoint and stop between dispatches."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in EXIT_INTERRUPTED:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> dict:
+    """Trains and evaluates one config in ``workdir``; returns the summary dict.
+
+    Raises ValueError for bad input (before anything is written), ``Diverged``
+    when the loss stops being finite and ``Interrupted`` after a SIGTERM/SIGINT
+    (both after writing what must survive).
+    """
+    mesh = parallel.make_mesh()
+    num_devices = mesh.devices.size
+    validate_config(config, num_devices)
+    data = input_pipeline.load_in_memory(config)
+    schedule = derive_schedule(config, len(data.train.labels))
+    run = run_files.RunDir(workdir, is_writer=jax.process_index() == 0)
+    run.prepare(config.to_dict(), allow_config_change=allow_config_change)
+
+    trainer, parts = build_trainer(config, mesh, schedule)
+    num_params = sum(x.size for x in jax.tree.leaves(parts[1]))
+    state = init_state(parts, config, mesh)
+    ckpt = Checkpointer(workdir, config.keep_checkpoints)
+    start = ckpt.latest_step()
+    if start is not None:
+        state = ckpt.restore(start, state)
+    start = int(state.step)
+    run.metrics.truncate_after(start)
+    elapsed_before = run.metrics.last_value("elapsed_s", 0.0)
+
+    mean = jax.device_put(jnp.asarray(data.mean_image), parallel.replicated(mesh))
+    train_data = {**device_data(mesh, data.train), "mean": mean}
+    eval_splits = {
+        name: padded_eval_split(mesh, split, _eval_batch_size(config, num_devices,
+                                                               len(split.labels)))
+        for name, split in (("test", data.test), ("val", data.val)) if split is not None
+    }
+    chunk_fn = make_train_chunk(trainer, len(data.train.labels))
+    eval_fn = make_eval_fn(trainer)
+
+    def evaluate(state) -> dict[str, float]:
+        out = {}
+        for name, split in eval_splits.items():
+            wrong, loss, count = (float(v) for v in eval_fn(state.params, state.batch_stats,
+                                                              split, mean))
+            out[f"{name}_error"], out[f"{name}_loss"] = wrong / count, loss / count
+        return out
+
+    progress = run_files.Progress(schedule.total_steps, start, config.log_every_steps)
+    t0, t_log, step = time.time(), time.time(), start
+    with _SignalFlag() as sig:
+        while step < schedule.total_steps:
+            state, sums = chunk_fn(state, train_data, step)
+            loss_sum, err_sum, count = (float(v) for v in jax.device_get(sums))
+            step = int(state.step)
+            now = time.time()
+            bad = int(state.first_bad_step)
+            if bad >= 0:
+                ckpt.wait()
+                raise Diverged(bad, ckpt.latest_step())
+            line = {
+                "step": step,
+                "epoch": round(step / schedule.steps_per_epoch, 3),
+                "lr": float(learning_rate(config, schedule, step - 1, state.warm)),
+                "train_loss": loss_sum / count,
+                "train_error": err_sum / count,
+                "images_per_sec": count * config.batch_size / max(now - t_log, 1e-9),
+                "elapsed_s": elapsed_before + now - t0,
+            }
+            if step % config.eval_every_steps == 0 or step == schedule.total_steps:
+                line.update(evaluate(state))
+            run.metrics.append(line)
+            progress.update(line)
+            t_log = time.time()
+            if (step % config.checkpoint_every_steps == 0 or step == schedule.total_steps
+                    or sig.signum is not None):
+                ckpt.save(step, state)
+            if sig.signum is not None and step < schedule.total_steps:
+                ckpt.wait()
+                raise Interrupted(sig.signum, step)
+    ckpt.wait()
+    ckpt.close()
+    progress.close()
+
+    if config.layer_responses and "test" in eval_splits:
+        stds = make_response_fn(trainer)(state.params, state.batch_stats, eval_splits["test"],
+                                         mean)
+        stages = [s for s, stage in enumerate(trainer.model(state.params, state.batch_stats)
+                                              .stages) for _ in stage.blocks]
+        run.write_json("layer_responses.json", {"blocks": [
+            {"index": i, "stage": stages[i], "std": float(v)} for i, v in enumerate(stds)]})
+    summary = run_files.summarize(run.metrics.read(), status="finished",
+                                  name=models.spec_from_config(config.model).name,
+                                  params=num_params, steps=schedule.total_steps)
+    run.write_json("summary.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    import config_loading  # noqa: PLC0415  (keeps `import train` free of CLI machinery)
+
+    try:
+        args = config_loading.parse_train_args(sys.argv[1:] if argv is None else argv)
+        config = config_loading.load_config(args.config, args.overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        summary = train_and_evaluate(config, args.workdir,
+                                     allow_config_change=args.allow_config_change)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Diverged as e:
+        run_files.record_failure(args.workdir, config, "diverged", str(e),
+                                 diverged_at_step=e.step)
+        print(f"error: diverged: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_INTERRUPTED[e.signum]
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
