@@ -1,0 +1,377 @@
+"""Study report: the paper's curves, a results table and verdicts, from run directories.
+
+    python -m experiments.report STUDY_DIR
+
+Reads only files (config.json, metrics.jsonl, summary.json,
+layer_responses.json; JSON, never pickle) and writes into STUDY_DIR:
+``curves.png/.svg`` (plain nets left, residual right, training error dashed,
+test error bold, one colour per depth), ``results.md/.csv`` (one row per
+network, mean +- std over seeds, the paper's number beside ours), verdict
+lines computed from the data, and ``layer_responses.png/.svg`` (Fig. 7).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import run_files
+from experiments import paper
+
+# Two training errors closer than this (in percentage points) count as equal.
+TOLERANCE_PP = 0.5
+IGNORED_KEYS = ("seed",)
+
+
+@dataclass
+class Run:
+    path: str
+    config: dict
+    metrics: list[dict]
+    summary: dict | None
+    responses: list[float] | None
+
+    @property
+    def status(self) -> str:
+        return (self.summary or {}).get("status", "unfinished")
+
+
+@dataclass
+class Row:
+    """One network of the study (several seeds pooled)."""
+
+    label: str
+    dataset: str
+    depth: int
+    plain: bool
+    variant: str  # the other config keys that distinguish it ('' if none)
+    runs: list[Run] = field(default_factory=list)
+    params: int | None = None
+    train_error: float | None = None  # %, mean over seeds
+    train_error_std: float | None = None
+    test_error: float | None = None
+    test_error_std: float | None = None
+    best_test_error: float | None = None
+    paper_error: float | None = None
+    status: str = ""
+
+
+def _pct(v) -> float | None:
+    return None if v is None or not math.isfinite(v) else 100.0 * v
+
+
+def load_runs(study_dir: str) -> list[Run]:
+    """Every directory under ``study_dir`` holding a config.json."""
+    if not os.path.isdir(study_dir):
+        raise ValueError(f"study directory {study_dir} does not exist")
+    runs = []
+    for root, dirs, files in os.walk(study_dir):
+        dirs[:] = sorted(d for d in dirs if d != "checkpoints")
+        if "config.json" not in files:
+            continue
+        metrics = run_files.MetricsLog(root, False).read()
+        summary = responses = None
+        if "summary.json" in files:
+            summary = run_files.read_json(os.path.join(root, "summary.json"))
+        if "layer_responses.json" in files:
+            blocks = run_files.read_json(os.path.join(root, "layer_responses.json"))["blocks"]
+            responses = [b["std"] for b in blocks]
+        runs.append(Run(root, run_files.read_json(os.path.join(root, "config.json")), metrics,
+                        summary, responses))
+    if not runs:
+        raise ValueError(f"no run directories (with config.json) under {study_dir}")
+    return runs
+
+
+def _label(plain: bool, depth: int) -> str:
+    return f"plain-{depth}" if plain else f"ResNet-{depth}"
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def build_rows(runs: list[Run]) -> list[Row]:
+    """Groups runs that differ only in their seed into one row each."""
+    flat = [run_files.flatten(r.config) for r in runs]
+    keys = sorted(set().union(*flat))
+    varying = [k for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1
+               and k not in ("model.depth", "model.plain", *IGNORED_KEYS)]
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run, f in zip(runs, flat, strict=True):
+        variant = ",".join(f"{k.split('.')[-1]}={f.get(k)}" for k in varying)
+        groups[(f.get("dataset"), bool(f["model.plain"]), int(f["model.depth"]), variant)].append(
+            run)
+    rows = []
+    for (dataset, plain, depth, variant), members in groups.items():
+        row = Row(_label(plain, depth) + (f" ({variant})" if variant else ""), dataset, depth,
+                  plain, variant, members)
+        finished = [r for r in members if r.summary and r.summary.get("final_train_error")
+                    is not None]
+        row.params = next((r.summary.get("params") for r in members
+                           if r.summary and r.summary.get("params")), None)
+        row.train_error, row.train_error_std = _mean_std(
+            [_pct(r.summary["final_train_error"]) for r in finished])
+        row.test_error, row.test_error_std = _mean_std(
+            [_pct(r.summary.get("final_test_error")) for r in finished])
+        bests = [_pct(r.summary.get("best_test_error")) for r in finished]
+        bests = [b for b in bests if b is not None]
+        row.best_test_error = min(bests) if bests else None
+        row.paper_error = paper.paper_test_error(dataset, plain, depth)
+        row.status = _status_text(members)
+        rows.append(row)
+    rows.sort(key=lambda r: (r.variant, not r.plain, r.depth))
+    return rows
+
+
+def _status_text(members: list[Run]) -> str:
+    parts = []
+    for status in ("finished", "diverged", "failed", "unfinished"):
+        hit = [r for r in members if r.status == status]
+        if not hit:
+            continue
+        text = status
+        if status == "diverged":
+            steps = [str(r.summary.get("diverged_at_step")) for r in hit]
+            text = f"diverged at step {', '.join(steps)}"
+        parts.append(text if len(members) == 1 else f"{len(hit)} {text}")
+    return "; ".join(parts)
+
+
+def _fmt(v: float | None, std: float | None = None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.2f} ± {std:.2f}" if std is not None else f"{v:.2f}"
+
+
+def verdicts(rows: list[Row]) -> list[str]:
+    """Plain-language findings from the rows (training error, mean over seeds)."""
+    lines = []
+    for variant in sorted({r.variant for r in rows}):
+        group = [r for r in rows if r.variant == variant]
+        suffix = f" [{variant}]" if variant else ""
+        plain = sorted((r for r in group if r.plain), key=lambda r: r.depth)
+        res = sorted((r for r in group if not r.plain), key=lambda r: r.depth)
+        for row in group:
+            if "diverged" in row.status or "failed" in row.status:
+                lines.append(f"{row.label} failed to train ({row.status}).{suffix}")
+        for a, b in zip(plain, plain[1:], strict=False):
+            ea, eb = _effective(a), _effective(b)
+            if ea is None or eb is None:
+                continue
+            if eb > ea + TOLERANCE_PP:
+                lines.append(f"Degradation: {b.label} ends with a higher training error than "
+                             f"{a.label} ({eb:.1f}% vs {ea:.1f}%).{suffix}")
+            else:
+                lines.append(f"No degradation: {b.label} trains as well as {a.label} "
+                             f"({eb:.1f}% vs {ea:.1f}%).{suffix}")
+        for a, b in zip(res, res[1:], strict=False):
+            ea, eb = _effective(a), _effective(b)
+            if ea is None or eb is None:
+                continue
+            verdict = "no worse than" if eb <= ea + TOLERANCE_PP else "worse than"
+            lines.append(f"Residual nets: {b.label} trains {verdict} {a.label} "
+                         f"({eb:.1f}% vs {ea:.1f}% training error).{suffix}")
+        for p in plain:
+            r = next((x for x in res if x.depth == p.depth), None)
+            ep, er = _effective(p), _effective(r) if r else None
+            if r is None or ep is None or er is None:
+                continue
+            if er < ep - TOLERANCE_PP:
+                word = "beats"
+            elif er <= ep + TOLERANCE_PP:
+                word = "matches"
+            else:
+                word = "loses to"
+            test = (f", test {r.test_error:.1f}% vs {p.test_error:.1f}%"
+                    if r.test_error is not None and p.test_error is not None else "")
+            lines.append(f"At depth {p.depth} the residual net {word} the plain net: "
+                         f"train {er:.1f}% vs {ep:.1f}%{test}.{suffix}")
+    return lines
+
+
+def _effective(row: Row | None) -> float | None:
+    """Training error for comparisons; a net that diverged or failed counts as 100%."""
+    if row is None:
+        return None
+    if row.train_error is None and ("diverged" in row.status or "failed" in row.status):
+        return 100.0
+    return row.train_error
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _curve(runs: list[Run], key: str) -> tuple[list[int], list[float]]:
+    """Mean over runs of a metric, at the steps every run logged it."""
+    per_run = [{m["step"]: m[key] for m in r.metrics if m.get(key) is not None} for r in runs]
+    per_run = [p for p in per_run if p]
+    if not per_run:
+        return [], []
+    steps = sorted(set.intersection(*(set(p) for p in per_run)))
+    return steps, [100.0 * statistics.fmean(p[s] for p in per_run) for s in steps]
+
+
+def _colours(rows: list[Row]) -> dict[int, str]:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    palette = plt.get_cmap("tab10").colors
+    depths = sorted({r.depth for r in rows})
+    return {d: palette[i % len(palette)] for i, d in enumerate(depths)}
+
+
+def plot_curves(rows: list[Row], out_base: str) -> list[str]:
+    """The paper's Fig. 1/4/6 layout: plain nets left, residual nets right."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    colours = _colours(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    top = 0.0
+    for ax, plain in zip(axes, (True, False), strict=True):
+        for row in (r for r in rows if r.plain == plain):
+            c = colours[row.depth]
+            steps, train = _curve(row.runs, "train_error")
+            ax.plot(steps, train, "--", color=c, linewidth=1.0)
+            steps_t, test = _curve(row.runs, "test_error")
+            label = row.label + ("" if row.status == "finished" else f" ({row.status})")
+            ax.plot(steps_t, test, "-", color=c, linewidth=2.2, label=label)
+            if row.status != "finished" and steps:
+                ax.plot(steps[-1], train[-1], "x", color=c, markersize=9, mew=2)
+            top = max([top, *train, *test])
+        ax.set_title(f"{'plain' if plain else 'residual'} networks")
+        ax.set_xlabel("iterations")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[0].set_ylabel("error (%)")
+    axes[0].set_ylim(0, min(100.0, max(5.0, top * 1.1)))
+    dataset = rows[0].dataset if rows else ""
+    fig.suptitle(f"{dataset}: training error (dashed) and test error (bold)")
+    fig.tight_layout()
+    paths = [f"{out_base}.png", f"{out_base}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def plot_responses(rows: list[Row], out_base: str) -> list[str]:
+    """The paper's Fig. 7: std of each block's response, in layer order and sorted."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    colours = _colours(rows)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7))
+    for row in rows:
+        stds = [r.responses for r in row.runs if r.responses]
+        if not stds:
+            continue
+        mean = [statistics.fmean(v) for v in zip(*stds, strict=False)]
+        style = dict(color=colours[row.depth], linestyle="--" if row.plain else "-",
+                     label=row.label)
+        ax1.plot(range(1, len(mean) + 1), mean, **style)
+        ax2.plot(range(1, len(mean) + 1), sorted(mean, reverse=True), **style)
+    ax1.set_xlabel("block index (original order)")
+    ax2.set_xlabel("block index (sorted by magnitude)")
+    for ax in (ax1, ax2):
+        ax.set_ylabel("std of response")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Std of each block's branch response (after BN, before addition)")
+    fig.tight_layout()
+    paths = [f"{out_base}.png", f"{out_base}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+# --------------------------------------------------------------------------- tables
+
+
+COLUMNS = ["network", "depth", "params", "runs", "final train error %", "final test error %",
+           "best test error %", "paper test error %", "ours - paper", "status"]
+
+
+def table_rows(rows: list[Row]) -> list[list[str]]:
+    out = []
+    for r in rows:
+        diff = (f"{r.test_error - r.paper_error:+.2f}"
+                if r.test_error is not None and r.paper_error is not None else "—")
+        out.append([r.label, str(r.depth), f"{r.params:,}" if r.params else "—",
+                    str(len(r.runs)), _fmt(r.train_error, r.train_error_std),
+                    _fmt(r.test_error, r.test_error_std), _fmt(r.best_test_error),
+                    _fmt(r.paper_error), diff, r.status])
+    return out
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
+    return "\n".join(lines)
+
+
+def write_report(study_dir: str | os.PathLike) -> dict:
+    """Writes the figures, tables and verdicts into ``study_dir``; returns what it wrote."""
+    study_dir = os.fspath(study_dir)
+    rows = build_rows(load_runs(study_dir))
+    found = verdicts(rows)
+    written = {"verdicts": found, "table": markdown_table(rows)}
+    figs = plot_curves(rows, os.path.join(study_dir, "curves"))
+    written["figure_png"], written["figure_svg"] = figs
+    if any(r.responses for row in rows for r in row.runs):
+        written["responses_png"] = plot_responses(rows, os.path.join(study_dir,
+                                                                     "layer_responses"))[0]
+    csv_path = os.path.join(study_dir, "results.csv")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        writer.writerows(table_rows(rows))
+    md_path = os.path.join(study_dir, "results.md")
+    parts = [f"# Results: {study_dir}", "", written["table"], "", "## Verdicts", ""]
+    parts += [f"- {v}" for v in found] or ["- (not enough finished runs to compare)"]
+    parts += ["", "![training and test error](curves.png)", ""]
+    if "responses_png" in written:
+        parts += ["![std of layer responses](layer_responses.png)", ""]
+    with open(md_path, "w") as f:
+        f.write("\n".join(parts))
+    written["markdown"], written["csv"] = md_path, csv_path
+    return written
+
+
+def render_text(written: dict) -> str:
+    lines = [written["table"], "", *written["verdicts"], ""]
+    lines += [f"wrote {written[k]}" for k in ("markdown", "csv", "figure_png", "figure_svg",
+                                               "responses_png") if k in written]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("error: usage: python -m experiments.report STUDY_DIR", file=sys.stderr)
+        return 2
+    try:
+        written = write_report(argv[0])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(render_text(written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

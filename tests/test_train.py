@@ -1,0 +1,220 @@
+"""Tests of the training engine: run files, resume after a kill, BatchNorm modes, TFDS path."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import config_loading
+import train
+
+TINY = {
+    "model.depth": "8",
+    "model.widths": "(4,8,16)",
+    "batch_size": "32",
+    "num_steps": "20",
+    "log_every_steps": "5",
+    "eval_every_steps": "10",
+    "checkpoint_every_steps": "10",
+}
+
+
+def tiny_config(path="configs/digits.py:resnet-8", **overrides):
+    return config_loading.load_config(path, {**TINY, **{k: str(v) for k, v in overrides.items()}})
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_cmd(workdir, *extra):
+    args = [f"--config.{k}={v}" for k, v in TINY.items()]
+    return [sys.executable, "train.py", "--config", "configs/digits.py:resnet-8",
+            "--workdir", str(workdir), *args, *extra]
+
+
+def test_a_run_writes_a_complete_run_directory(tmp_path):
+    summary = train.train_and_evaluate(tiny_config(), str(tmp_path))
+    lines = read_metrics(tmp_path)
+    assert [m["step"] for m in lines] == [5, 10, 15, 20]
+    assert [("test_error" in m) for m in lines] == [False, True, False, True]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]  # it learns
+    assert all(0 <= m["train_error"] <= 1 for m in lines)
+    saved = load_json(tmp_path / "summary.json")
+    assert saved == summary
+    assert summary["status"] == "finished" and summary["name"] == "resnet-8"
+    assert summary["final_test_error"] == lines[-1]["test_error"]
+    assert summary["best_test_error"] == min(lines[1]["test_error"], lines[3]["test_error"])
+    assert load_json(tmp_path / "config.json")["model"]["depth"] == 8
+    blocks = load_json(tmp_path / "layer_responses.json")["blocks"]
+    assert [b["stage"] for b in blocks] == [0, 1, 2] and all(b["std"] > 0 for b in blocks)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+
+
+def test_steps_epochs_and_boundaries_are_derived_from_the_final_config():
+    c = tiny_config(num_epochs=3.0)
+    s = train.derive_schedule(c, num_train=1437)
+    assert s.steps_per_epoch == 1437 // 32 and s.total_steps == 3 * (1437 // 32)
+    assert s.boundaries == (round(0.5 * s.total_steps), round(0.75 * s.total_steps))
+    c = tiny_config(**{"schedule.boundaries_epochs": "(1, 2)"})
+    assert train.derive_schedule(c, 1437).boundaries == (44, 88)
+    c = tiny_config(**{"schedule.boundaries_steps": "(7, 9)", "batch_size": 64})
+    s = train.derive_schedule(c, 1437)
+    assert s.boundaries == (7, 9) and s.steps_per_epoch == 22
+    lrs = [float(train.learning_rate(c, s, step, False)) for step in (0, 6, 7, 8, 9, 19)]
+    np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+
+
+def test_cosine_and_warmup_schedules():
+    c = tiny_config(**{"schedule.name": "cosine", "schedule.warmup_steps": 4})
+    s = train.derive_schedule(c, 1437)
+    lr = lambda step: float(train.learning_rate(c, s, step, False))  # noqa: E731
+    np.testing.assert_allclose([lr(0), lr(1), lr(3)], [0.025, 0.05, 0.1], rtol=1e-5)
+    np.testing.assert_allclose(lr(12), 0.1 * 0.5 * (1 + np.cos(np.pi * 8 / 16)), rtol=1e-5)
+    np.testing.assert_allclose(lr(20), 0.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("threshold,warm", [(0.0, True), (1.01, False)])
+def test_warmup_until_training_error_is_below_a_threshold(tmp_path, threshold, warm):
+    """The paper's ResNet-110 rule: LR 0.01 until a batch's training error is below X."""
+    c = tiny_config(num_steps=5, **{"schedule.warmup_until_error": threshold,
+                                    "schedule.decay_factor": 1.0, "layer_responses": False})
+    train.train_and_evaluate(c, str(tmp_path))
+    lr = read_metrics(tmp_path)[-1]["lr"]
+    assert lr == pytest.approx(0.01 if warm else 0.1)
+
+
+def _wait_for(path, timeout=120):
+    t = time.time()
+    while not os.path.exists(path):
+        if time.time() - t > timeout:
+            raise TimeoutError(path)
+        time.sleep(0.05)
+
+
+def _final_params(workdir):
+    from checkpointing import Checkpointer
+
+    ckpt = Checkpointer(workdir, keep=3)
+    step = ckpt.latest_step()
+    restored = ckpt.manager.restore(step)
+    return step, [np.asarray(x) for x in jax.tree.leaves(restored)]
+
+
+def test_killed_run_resumes_to_the_same_parameters_and_metrics(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(train_cmd(full), check=True, capture_output=True)
+    proc = subprocess.Popen(train_cmd(killed), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_for(killed / "checkpoints" / "10")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    out = subprocess.run(train_cmd(killed), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert read_metrics(killed) == [
+        {**m, "images_per_sec": n["images_per_sec"], "elapsed_s": n["elapsed_s"]}
+        for m, n in zip(read_metrics(full), read_metrics(killed), strict=True)]
+    step_a, params_a = _final_params(full)
+    step_b, params_b = _final_params(killed)
+    assert step_a == step_b == 20
+    for a, b in zip(params_a, params_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes(tmp_path):
+    cmd = train_cmd(tmp_path, "--config.num_steps=400", "--config.checkpoint_every_steps=200")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(tmp_path / "metrics.jsonl")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "checkpoint saved" in err
+    saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert saved and saved[-1] % 5 == 0 and saved[-1] < 400
+    assert read_metrics(tmp_path)[-1]["step"] == saved[-1]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    steps = [m["step"] for m in read_metrics(tmp_path)]
+    assert steps == list(range(5, 401, 5))  # every logged step exactly once
+
+
+def _losses(workdir, devices, batch_norm):
+    env = {**os.environ,
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    cmd = train_cmd(workdir, "--config.num_steps=4", "--config.log_every_steps=1",
+                    "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4",
+                    f"--config.batch_norm={batch_norm}", "--config.layer_responses=False")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return np.array([m["train_loss"] for m in read_metrics(workdir)])
+
+
+def test_sync_batchnorm_matches_one_device_and_per_device_differs(tmp_path):
+    one = _losses(tmp_path / "one", 1, "per_device")
+    sync = _losses(tmp_path / "sync", 4, "sync")
+    per_device = _losses(tmp_path / "per", 4, "per_device")
+    np.testing.assert_allclose(sync, one, rtol=2e-5)
+    assert np.abs(per_device - one).max() > 1e-3
+
+
+def test_cifar10_end_to_end_through_the_real_tfds_path(tmp_path):
+    import tensorflow_datasets as tfds
+
+    c = config_loading.load_config("configs/cifar10.py:resnet-8", {
+        **TINY, "num_steps": "4", "log_every_steps": "2", "eval_every_steps": "4",
+        "checkpoint_every_steps": "4", "val_examples": "16"})
+    with tfds.testing.mock_data(num_examples=96):
+        summary = train.train_and_evaluate(c, str(tmp_path))
+    lines = read_metrics(tmp_path)
+    assert summary["status"] == "finished" and lines[-1]["step"] == 4
+    assert 0 <= lines[-1]["test_error"] <= 1 and "val_error" in lines[-1]
+    assert summary["final_val_error"] == lines[-1]["val_error"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--config.model.depth=57"], "6n+2"),
+        (["--config.model.shortcut=D"], "allowed: A, B, C"),
+        (["--config.optimizer.lr=-0.1"], "optimizer.lr must be a positive"),
+        (["--config.optimizer.lr=nan"], "optimizer.lr must be a positive"),
+        (["--config.optimizer.weight_decay=-1"], "weight_decay must be >= 0"),
+        (["--config.num_steps=0"], "num_steps must be positive"),
+        (["--config.batch_size=30"], "does not divide evenly across 4 devices"),
+        (["--config.dataset=mnist"], "known: digits, cifar10"),
+        (["--config.no_such_key=1"], "unknown config key 'no_such_key'"),
+        (["--config.model.depth=abc"], "bad value 'abc'"),
+        (["--config.eval_every_steps=7"], "multiple of log_every_steps"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_no_run_directory(tmp_path, capsys, args, message):
+    workdir = tmp_path / "run"
+    code = train.main(["--config", "configs/digits.py:resnet-20", "--workdir", str(workdir),
+                       *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not workdir.exists()
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path, capsys):
+    c = tiny_config(num_steps=5, layer_responses=False)
+    train.train_and_evaluate(c, str(tmp_path))
+    args = ["--config", "configs/digits.py:resnet-8", "--workdir", str(tmp_path),
+            *[f"--config.{k}={v}" for k, v in TINY.items()], "--config.num_steps=5",
+            "--config.layer_responses=False", "--config.optimizer.lr=0.2"]
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert "optimizer.lr: 0.1 -> 0.2" in err and "--allow-config-change" in err
