@@ -80,7 +80,7 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drops lines logged after ``step`` (the restored checkpoint), and any torn line."""
-        if not self.is_writer:
+        if not self.is_writer or not os.path.exists(self.path):
             return
         keep = [line for line in self.read() if line["step"] <= step]
         tmp = self.path + ".tmp"

@@ -134,8 +134,12 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 KNOWN_SCHEDULES = ("piecewise", "cosine")
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Checks everything that can be checked before any compute; raises a one-line ValueError."""
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
+    """Checks everything that can be checked before any compute; raises a one-line ValueError.
+
+    ``num_devices=None`` skips the checks that depend on the machine (the sweep
+    launcher validates every run before starting any, on a machine that may differ).
+    """
     if config.dataset not in input_pipeline.KNOWN_DATASETS:
         raise ValueError(
             f"unknown dataset {config.dataset!r}; known: "
@@ -165,7 +169,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                 "keep_checkpoints", "eval_batch_size"):
         if not config[key] > 0:
             raise ValueError(f"{key} must be positive, got {config[key]}")
-    if config.batch_size % num_devices:
+    if num_devices is not None and config.batch_size % num_devices:
         raise ValueError(
             f"batch_size {config.batch_size} does not divide evenly across {num_devices} "
             f"devices; use a multiple of {num_devices}"
@@ -430,6 +434,14 @@ def train_and_evaluate(
     when the loss stops being finite and ``Interrupted`` after a SIGTERM/SIGINT
     (both after writing what must survive).
     """
+    # Signals are caught from the very start, so a SIGTERM during set-up or
+    # compilation still ends with a checkpoint instead of a lost run.
+    with _SignalFlag() as sig:
+        return _train_and_evaluate(config, workdir, allow_config_change, sig)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        allow_config_change: bool, sig: _SignalFlag) -> dict:
     mesh = parallel.make_mesh()
     num_devices = mesh.devices.size
     validate_config(config, num_devices)
@@ -469,36 +481,35 @@ def train_and_evaluate(
 
     progress = run_files.Progress(schedule.total_steps, start, config.log_every_steps)
     t0, t_log, step = time.time(), time.time(), start
-    with _SignalFlag() as sig:
-        while step < schedule.total_steps:
-            state, sums = chunk_fn(state, train_data, step)
-            loss_sum, err_sum, count = (float(v) for v in jax.device_get(sums))
-            step = int(state.step)
-            now = time.time()
-            bad = int(state.first_bad_step)
-            if bad >= 0:
-                ckpt.wait()
-                raise Diverged(bad, ckpt.latest_step())
-            line = {
-                "step": step,
-                "epoch": round(step / schedule.steps_per_epoch, 3),
-                "lr": float(learning_rate(config, schedule, step - 1, state.warm)),
-                "train_loss": loss_sum / count,
-                "train_error": err_sum / count,
-                "images_per_sec": count * config.batch_size / max(now - t_log, 1e-9),
-                "elapsed_s": elapsed_before + now - t0,
-            }
-            if step % config.eval_every_steps == 0 or step == schedule.total_steps:
-                line.update(evaluate(state))
-            run.metrics.append(line)
-            progress.update(line)
-            t_log = time.time()
-            if (step % config.checkpoint_every_steps == 0 or step == schedule.total_steps
-                    or sig.signum is not None):
-                ckpt.save(step, state)
-            if sig.signum is not None and step < schedule.total_steps:
-                ckpt.wait()
-                raise Interrupted(sig.signum, step)
+    while step < schedule.total_steps:
+        state, sums = chunk_fn(state, train_data, step)
+        loss_sum, err_sum, count = (float(v) for v in jax.device_get(sums))
+        step = int(state.step)
+        now = time.time()
+        bad = int(state.first_bad_step)
+        if bad >= 0:
+            ckpt.wait()
+            raise Diverged(bad, ckpt.latest_step())
+        line = {
+            "step": step,
+            "epoch": round(step / schedule.steps_per_epoch, 3),
+            "lr": float(learning_rate(config, schedule, step - 1, state.warm)),
+            "train_loss": loss_sum / count,
+            "train_error": err_sum / count,
+            "images_per_sec": count * config.batch_size / max(now - t_log, 1e-9),
+            "elapsed_s": elapsed_before + now - t0,
+        }
+        if step % config.eval_every_steps == 0 or step == schedule.total_steps:
+            line.update(evaluate(state))
+        run.metrics.append(line)
+        progress.update(line)
+        t_log = time.time()
+        if (step % config.checkpoint_every_steps == 0 or step == schedule.total_steps
+                or sig.signum is not None):
+            ckpt.save(step, state)
+        if sig.signum is not None and step < schedule.total_steps:
+            ckpt.wait()
+            raise Interrupted(sig.signum, step)
     ckpt.wait()
     ckpt.close()
     progress.close()

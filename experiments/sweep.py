@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import config_loading
 import run_files
+import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE = ("finished", "diverged")
@@ -108,7 +109,8 @@ def plan(config_path: str, workdir: str, global_overrides: dict[str, str],
     study = os.path.realpath(workdir)
     runs, seen = [], set()
     for overrides in expand(config_path, swept):
-        config_loading.load_config(config_path, {**global_overrides, **overrides})
+        config = config_loading.load_config(config_path, {**global_overrides, **overrides})
+        train.validate_config(config, num_devices=None)
         name = run_name(overrides)
         if name in seen:
             raise ValueError(f"two runs of the sweep share the name {name!r}")

@@ -1,0 +1,127 @@
+"""Tests of the study report on small synthetic run directories, and of its verdict logic."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import report
+
+
+def make_run(study, name, *, depth, plain, train_errors, test_errors, seed=0, status="finished",
+             diverged_at=None, params=1000, responses=None):
+    run = study / name
+    run.mkdir(parents=True)
+    config = {"dataset": "cifar10", "seed": seed,
+              "model": {"family": "cifar", "depth": depth, "plain": plain, "shortcut": None}}
+    (run / "config.json").write_text(json.dumps(config))
+    lines = []
+    for i, (tr, te) in enumerate(zip(train_errors, test_errors, strict=True)):
+        line = {"step": 100 * (i + 1), "train_error": tr, "train_loss": 1.0}
+        if te is not None:
+            line["test_error"] = te
+        lines.append(line)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if status is not None:
+        tests = [te for te in test_errors if te is not None]
+        summary = {"status": status, "params": params, "final_train_error": train_errors[-1],
+                   "final_test_error": tests[-1] if tests else None,
+                   "best_test_error": min(tests) if tests else None}
+        if status == "diverged":
+            summary.update(final_train_error=None, diverged_at_step=diverged_at)
+        (run / "summary.json").write_text(json.dumps(summary))
+    if responses:
+        blocks = [{"index": i, "stage": 0, "std": s} for i, s in enumerate(responses)]
+        (run / "layer_responses.json").write_text(json.dumps({"blocks": blocks}))
+    return run
+
+
+@pytest.fixture
+def study(tmp_path):
+    s = tmp_path / "study"
+    make_run(s, "p20", depth=20, plain=True, train_errors=[0.5, 0.02], test_errors=[0.5, 0.09],
+             responses=[1.0, 0.9, 0.8])
+    make_run(s, "p56", depth=56, plain=True, train_errors=[0.7, 0.10], test_errors=[0.7, 0.15])
+    make_run(s, "r20", depth=20, plain=False, train_errors=[0.4, 0.01], test_errors=[0.4, 0.08],
+             responses=[0.5, 0.4, 0.3])
+    make_run(s, "r56-s0", depth=56, plain=False, train_errors=[0.3, 0.004],
+             test_errors=[0.3, 0.07])
+    make_run(s, "r56-s1", depth=56, plain=False, seed=1, train_errors=[0.3, 0.006],
+             test_errors=[0.3, 0.05])
+    make_run(s, "p110", depth=110, plain=True, train_errors=[0.9], test_errors=[None],
+             status="diverged", diverged_at=123)
+    make_run(s, "r110", depth=110, plain=False, train_errors=[0.5], test_errors=[None],
+             status=None)
+    return s
+
+
+def test_report_writes_figures_tables_and_verdicts(study):
+    written = report.write_report(study)
+    for key in ("figure_png", "figure_svg", "responses_png", "markdown", "csv"):
+        assert Path(written[key]).stat().st_size > 0
+    assert Path(written["figure_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(written["csv"]) as f:
+        rows = {r["network"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"plain-20", "plain-56", "plain-110", "ResNet-20", "ResNet-56",
+                         "ResNet-110"}
+    r56 = rows["ResNet-56"]
+    assert r56["runs"] == "2"
+    assert r56["final train error %"] == "0.50 ± 0.14"  # mean and stdev of 0.4% and 0.6%
+    assert r56["final test error %"] == "6.00 ± 1.41"
+    assert r56["best test error %"] == "5.00"
+    assert r56["paper test error %"] == "6.97" and r56["ours - paper"] == "-0.97"
+    assert rows["plain-110"]["status"] == "diverged at step 123"
+    assert rows["ResNet-110"]["status"] == "unfinished"
+    assert rows["plain-56"]["paper test error %"] == "—"
+    md = Path(written["markdown"]).read_text()
+    assert "Degradation: plain-56 ends with a higher training error than plain-20" in md
+    assert "plain-110 failed to train (diverged at step 123)" in md
+    assert "![training and test error](curves.png)" in md
+
+
+def row(depth, plain, train, test=None, status="finished"):
+    r = report.Row(report._label(plain, depth), "cifar10", depth, plain, "")
+    r.train_error, r.test_error, r.status = train, test, status
+    return r
+
+
+def test_verdicts_detect_degradation_only_when_the_deeper_plain_net_trains_worse():
+    worse = report.verdicts([row(20, True, 1.0), row(56, True, 12.0)])
+    assert worse == ["Degradation: plain-56 ends with a higher training error than plain-20 "
+                     "(12.0% vs 1.0%)."]
+    within = report.verdicts([row(20, True, 1.0), row(56, True, 1.3)])
+    assert within[0].startswith("No degradation: plain-56 trains as well as plain-20")
+    better = report.verdicts([row(20, True, 1.0), row(56, True, 0.2)])
+    assert better[0].startswith("No degradation")
+
+
+def test_verdicts_on_residual_nets_and_plain_vs_residual():
+    lines = report.verdicts([row(20, False, 1.0), row(56, False, 3.0),
+                             row(56, True, 20.0, 25.0), row(56, False, 3.0, 7.0)][:3])
+    assert "Residual nets: ResNet-56 trains worse than ResNet-20 (3.0% vs 1.0% training " \
+           "error)." in lines
+    assert "At depth 56 the residual net beats the plain net: train 3.0% vs 20.0%." in lines
+    same = report.verdicts([row(20, True, 1.0, 8.0), row(20, False, 1.2, 7.0)])
+    assert same == ["At depth 20 the residual net matches the plain net: train 1.2% vs 1.0%, "
+                    "test 7.0% vs 8.0%."]
+
+
+def test_a_diverged_net_counts_as_failing_to_train():
+    lines = report.verdicts([row(20, True, 1.0), row(110, True, None,
+                                                     status="diverged at step 5")])
+    assert lines[0] == "plain-110 failed to train (diverged at step 5)."
+    assert lines[1].startswith("Degradation: plain-110") and "100.0% vs 1.0%" in lines[1]
+
+
+def test_missing_or_empty_study_directory_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        report.write_report(tmp_path / "nope")
+    with pytest.raises(ValueError, match="no run directories"):
+        report.write_report(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "experiments.report", str(tmp_path / "nope")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
