@@ -4,13 +4,15 @@
 command. A run is a directory: ``config.json``, ``metrics.jsonl`` (one JSON
 object per logged step), ``summary.json``, TensorBoard events and Orbax
 checkpoints. Running the same command on an existing workdir resumes from the
-latest checkpoint and ends with the same numbers as an uninterrupted run: the
-order of examples and the augmentation are pure functions of (seed, step).
+latest checkpoint; for in-memory datasets it ends with the same numbers as an
+uninterrupted run (the order of examples and the augmentation are pure
+functions of (seed, step)).
 
-In-memory datasets (digits, CIFAR) live on the devices; sampling, crop, flip
-and normalisation run inside the jitted step, and one dispatch runs all the
-steps up to the next log line (``lax.fori_loop``), so nothing crosses from
-host to device during training. ImageNet streams from TFDS instead.
+Where the batches come from is ``data_feed.py``'s job: in-memory datasets
+(digits, CIFAR) live on the devices and are sampled, augmented and normalised
+inside the jitted step; ImageNet streams from TFDS, each process reading its
+shard. This module holds the schedule, the optimizer, the train state, the
+SGD step and the loop that logs, evaluates, checkpoints and stops cleanly.
 """
 
 from __future__ import annotations
@@ -22,17 +24,16 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 
+import data_feed
 import input_pipeline
 import models
 import parallel
@@ -263,145 +264,7 @@ def build_trainer(config: ml_collections.ConfigDict, mesh, schedule: Schedule):
     return trainer, (graphdef, params, batch_stats, rest)
 
 
-def device_data(mesh, split: input_pipeline.Split) -> dict[str, jax.Array]:
-    """A split replicated on every device (every process passes the same host arrays)."""
-    sharding = parallel.replicated(mesh)
-    return {
-        "images": jax.make_array_from_callback(split.images.shape, sharding,
-                                               lambda i: split.images[i]),
-        "labels": jax.make_array_from_callback(split.labels.shape, sharding,
-                                               lambda i: split.labels[i]),
-    }
-
-
-def make_train_chunk(trainer: Trainer, num_train: int) -> Callable:
-    """Returns ``run(state, data, step) -> (state, sums)``: every step up to the next log step.
-
-    ``sums`` holds the summed (loss, error, steps) of the chunk, on device. The
-    batch of step s is a pure function of (seed, s), so a resumed run sees the
-    batches an uninterrupted one would. On accelerators the whole chunk is one
-    dispatch (``lax.fori_loop``); on CPU, where XLA runs convolutions inside
-    loops about 10x slower, each step is its own dispatch.
-    """
-    config, sched = trainer.config, trainer.schedule
-    log_every, total = config.log_every_steps, sched.total_steps
-    base = jax.random.key(config.seed)
-    order_key, augment_key = jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
-    batch_sharding = parallel.batch_sharded(trainer.mesh)
-
-    def one_step(state, data, sums):
-        idx = input_pipeline.batch_indices(order_key, state.step, num_train, config.batch_size)
-        idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
-        images = input_pipeline.augment_batch(
-            jax.random.fold_in(augment_key, state.step),
-            data["images"][idx],
-            crop_padding=config.augment.crop_padding,
-            flip=config.augment.flip,
-        )
-        x = input_pipeline.normalize(images, data["mean"])
-        y = data["labels"][idx]
-        state, loss, error = trainer.apply_gradients(state, x, y)
-        return state, sums + jnp.stack([loss, error, 1.0])
-
-    def steps_until_log(step: int) -> int:
-        return min(log_every - step % log_every, total - step)
-
-    loop_on_device = config.loop_on_device
-    if loop_on_device is None:
-        loop_on_device = jax.default_backend() != "cpu"
-    zeros = jax.jit(lambda: jnp.zeros(3), out_shardings=parallel.replicated(trainer.mesh))
-
-    if loop_on_device:
-
-        def chunk(state, data):
-            n = jnp.minimum(log_every - state.step % log_every, total - state.step)
-            body = lambda _, c: one_step(c[0], data, c[1])  # noqa: E731
-            return jax.lax.fori_loop(0, n, body, (state, jnp.zeros(3)))
-
-        chunk_fn = jax.jit(chunk, donate_argnums=0)
-        return lambda state, data, step: chunk_fn(state, data)
-
-    step_fn = jax.jit(one_step, donate_argnums=(0, 2))
-
-    def run(state, data, step):
-        sums = zeros()
-        for _ in range(steps_until_log(step)):
-            state, sums = step_fn(state, data, sums)
-        return state, sums
-
-    return run
-
-
-def make_eval_fn(trainer: Trainer) -> Callable:
-    """Jitted: (summed error, summed loss, count) over a whole padded split, in one dispatch."""
-
-    def evaluate(params, batch_stats, split: dict, mean):
-        model = trainer.model(params, batch_stats)
-        model.eval()
-
-        def body(sums, batch):
-            x = input_pipeline.normalize(batch["images"], mean)
-            logits = model(x)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-            wrong = (jnp.argmax(logits, -1) != batch["labels"]).astype(jnp.float32)
-            m = batch["mask"]
-            return sums + jnp.stack([(wrong * m).sum(), (loss * m).sum(), m.sum()]), None
-
-        sums, _ = jax.lax.scan(body, jnp.zeros(3), split)
-        return sums
-
-    return jax.jit(evaluate)
-
-
-def make_response_fn(trainer: Trainer) -> Callable:
-    """Jitted: std of each block's branch response over a padded split (paper's Fig. 7)."""
-
-    def responses(params, batch_stats, split: dict, mean):
-        model = trainer.model(params, batch_stats)
-        model.eval()
-
-        def body(sums, batch):
-            _, feats = model(input_pipeline.normalize(batch["images"], mean),
-                             return_features=True)
-            m = batch["mask"]
-            s1 = jnp.stack([(r.astype(jnp.float32).mean((1, 2, 3)) * m).sum()
-                            for r in feats["branch_responses"]])
-            s2 = jnp.stack([(jnp.square(r.astype(jnp.float32)).mean((1, 2, 3)) * m).sum()
-                            for r in feats["branch_responses"]])
-            return (sums[0] + s1, sums[1] + s2, sums[2] + m.sum()), None
-
-        n = sum(len(s.blocks) for s in model.stages)
-        (s1, s2, count), _ = jax.lax.scan(body, (jnp.zeros(n), jnp.zeros(n), 0.0), split)
-        mean_ = s1 / count
-        return jnp.sqrt(jnp.maximum(s2 / count - mean_**2, 0.0))
-
-    return jax.jit(responses)
-
-
-def padded_eval_split(mesh, split: input_pipeline.Split, batch_size: int) -> dict:
-    """(batches, batch, ...) arrays with a mask, so a partial last batch needs no recompile."""
-    n = len(split.labels)
-    nb = max(1, math.ceil(n / batch_size))
-    pad = nb * batch_size - n
-    images = np.concatenate([split.images, np.zeros((pad, *split.images.shape[1:]), np.uint8)])
-    labels = np.concatenate([split.labels, np.zeros(pad, np.int32)])
-    mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    host = {
-        "images": images.reshape(nb, batch_size, *images.shape[1:]),
-        "labels": labels.reshape(nb, batch_size),
-        "mask": mask.reshape(nb, batch_size),
-    }
-    sharding = parallel.batch_sharded(mesh, leading_axes=1)
-    return {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
-            for k, v in host.items()}
-
-
 # --------------------------------------------------------------------------- the run
-
-
-def _eval_batch_size(config, num_devices: int, n: int) -> int:
-    size = min(config.eval_batch_size, max(n, 1))
-    return math.ceil(size / num_devices) * num_devices
 
 
 class _SignalFlag:
@@ -443,10 +306,9 @@ def train_and_evaluate(
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         allow_config_change: bool, sig: _SignalFlag) -> dict:
     mesh = parallel.make_mesh()
-    num_devices = mesh.devices.size
-    validate_config(config, num_devices)
-    data = input_pipeline.load_in_memory(config)
-    schedule = derive_schedule(config, len(data.train.labels))
+    validate_config(config, mesh.devices.size)
+    feed = data_feed.make_feed(config, mesh)
+    schedule = derive_schedule(config, feed.num_train)
     run = run_files.RunDir(workdir, is_writer=jax.process_index() == 0)
     run.prepare(config.to_dict(), allow_config_change=allow_config_change)
 
@@ -461,28 +323,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     run.metrics.truncate_after(start)
     elapsed_before = run.metrics.last_value("elapsed_s", 0.0)
 
-    mean = jax.device_put(jnp.asarray(data.mean_image), parallel.replicated(mesh))
-    train_data = {**device_data(mesh, data.train), "mean": mean}
-    eval_splits = {
-        name: padded_eval_split(mesh, split, _eval_batch_size(config, num_devices,
-                                                               len(split.labels)))
-        for name, split in (("test", data.test), ("val", data.val)) if split is not None
-    }
-    chunk_fn = make_train_chunk(trainer, len(data.train.labels))
-    eval_fn = make_eval_fn(trainer)
-
-    def evaluate(state) -> dict[str, float]:
-        out = {}
-        for name, split in eval_splits.items():
-            wrong, loss, count = (float(v) for v in eval_fn(state.params, state.batch_stats,
-                                                              split, mean))
-            out[f"{name}_error"], out[f"{name}_loss"] = wrong / count, loss / count
-        return out
+    chunk_fn = feed.make_train_chunk(trainer, start)
+    evaluate = feed.make_evaluate(trainer)
 
     progress = run_files.Progress(schedule.total_steps, start, config.log_every_steps)
     t0, t_log, step = time.time(), time.time(), start
     while step < schedule.total_steps:
-        state, sums = chunk_fn(state, train_data, step)
+        state, sums = chunk_fn(state, step)
         loss_sum, err_sum, count = (float(v) for v in jax.device_get(sums))
         step = int(state.step)
         now = time.time()
@@ -500,7 +347,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             "elapsed_s": elapsed_before + now - t0,
         }
         if step % config.eval_every_steps == 0 or step == schedule.total_steps:
-            line.update(evaluate(state))
+            line.update(evaluate(state.params, state.batch_stats))
         run.metrics.append(line)
         progress.update(line)
         t_log = time.time()
@@ -514,9 +361,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ckpt.close()
     progress.close()
 
-    if config.layer_responses and "test" in eval_splits:
-        stds = make_response_fn(trainer)(state.params, state.batch_stats, eval_splits["test"],
-                                         mean)
+    if config.layer_responses:
+        stds = feed.make_responses(trainer)(state.params, state.batch_stats)
         stages = [s for s, stage in enumerate(trainer.model(state.params, state.batch_stats)
                                               .stages) for _ in stage.blocks]
         run.write_json("layer_responses.json", {"blocks": [

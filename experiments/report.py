@@ -361,8 +361,12 @@ def render_text(written: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    usage = "usage: python -m experiments.report STUDY_DIR"
+    if argv in (["-h"], ["--help"]):
+        print(f"{usage}\n\n{__doc__}")
+        return 0
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("error: usage: python -m experiments.report STUDY_DIR", file=sys.stderr)
+        print(f"error: {usage}", file=sys.stderr)
         return 2
     try:
         written = write_report(argv[0])

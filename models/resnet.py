@@ -118,7 +118,7 @@ def imagenet_spec(
         stage_sizes=sizes,
         widths=tuple(widths),
         stem=stem,
-        stem_width=64,
+        stem_width=widths[0],  # 64: the first stage's width (bottleneck inner width)
         **kw,
     )
 

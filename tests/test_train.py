@@ -184,6 +184,52 @@ def test_cifar10_end_to_end_through_the_real_tfds_path(tmp_path):
     assert summary["final_val_error"] == lines[-1]["val_error"]
 
 
+IMAGENET_TINY = {
+    "model.widths": "(4,8,16,32)", "batch_size": "8", "eval_batch_size": "8",
+    "augment.crop_size": "24", "augment.scale_range": "(24,32)", "num_steps": "4",
+    "log_every_steps": "2", "eval_every_steps": "4", "checkpoint_every_steps": "4",
+}
+
+
+def test_imagenet_streaming_eval_counts_every_example_once():
+    """20 validation images, eval batches of 8 over 4 devices: padding must not count."""
+    import jax.numpy as jnp
+    import tensorflow_datasets as tfds
+
+    import data_feed
+    import parallel
+
+    c = config_loading.load_config("configs/imagenet.py:resnet-18", IMAGENET_TINY)
+    with tfds.testing.mock_data(num_examples=20):
+        feed = data_feed.StreamingFeed(c, parallel.make_mesh())
+        labels = np.concatenate([b["label"] for b in tfds.as_numpy(
+            tfds.load("imagenet2012", split="validation", batch_size=8))])
+        count, label_sum = feed.reduce_split(
+            "validation",
+            lambda p, s, x, y, m: jnp.stack([m.sum(), (y * m).sum()]), None, None)
+    assert feed.num_train == 20
+    assert count == 20 and label_sum == labels.sum()
+
+
+def test_imagenet_end_to_end_through_the_streaming_tfds_path(tmp_path):
+    import tensorflow_datasets as tfds
+
+    c = config_loading.load_config("configs/imagenet.py:resnet-18",
+                                   {**IMAGENET_TINY, "layer_responses": "True",
+                                    # 2 images per device at 1x1 in the last stage: keep
+                                    # BN statistics global and steps small to stay finite.
+                                    "batch_norm": "sync", "optimizer.lr": "0.01"})
+    with tfds.testing.mock_data(num_examples=20):
+        summary = train.train_and_evaluate(c, str(tmp_path))
+    lines = read_metrics(tmp_path)
+    assert summary["status"] == "finished" and [m["step"] for m in lines] == [2, 4]
+    assert 0 <= lines[-1]["test_error"] <= 1 and np.isfinite(lines[-1]["train_loss"])
+    # 20 test images: the error is a whole number of them.
+    assert lines[-1]["test_error"] * 20 == pytest.approx(round(lines[-1]["test_error"] * 20))
+    blocks = load_json(tmp_path / "layer_responses.json")["blocks"]
+    assert len(blocks) == 8 and all(0 < b["std"] < 1e3 for b in blocks)
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

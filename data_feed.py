@@ -1,0 +1,345 @@
+"""Feeding the training step and the evaluations: in-memory data on device, or a host stream.
+
+Two feeds behind one interface, so ``train.train_and_evaluate`` is the same
+loop for every dataset:
+
+- ``InMemoryFeed`` (digits, CIFAR-10/100): the whole dataset lives on every
+  device as uint8; each step picks its batch (a pure function of seed and
+  step), augments and normalises it inside the jitted step, so no batch ever
+  crosses from host to device (the airbench recipe). Evaluation is one
+  dispatch per split (``lax.scan`` over a padded, masked split).
+- ``StreamingFeed`` (ImageNet): a tf.data pipeline per process reads its shard
+  and hands uint8 crops to ``jax.make_array_from_process_local_data``; the
+  step normalises on device. Evaluation streams the split once, padded so
+  every process runs the same number of batches.
+
+A feed exposes ``num_train`` and builds three callables for a ``Trainer``:
+``make_train_chunk`` (every step up to the next log step), ``make_evaluate``
+(error and loss per split) and ``make_responses`` (the paper's Fig. 7 std of
+each block's branch response).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import input_pipeline
+import parallel
+
+EvalFn = Callable[[Any, Any], dict[str, float]]
+
+
+def eval_batch_sums(model, x: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
+    """(wrong, summed loss, count) over the real (mask=1) examples of one batch."""
+    logits = model(x)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    wrong = (jnp.argmax(logits, -1) != y).astype(jnp.float32)
+    return jnp.stack([(wrong * mask).sum(), (loss * mask).sum(), mask.sum()])
+
+
+def response_batch_sums(model, x: jax.Array, mask: jax.Array) -> jax.Array:
+    """(blocks, 3): per block, the summed mean and mean square of its branch response, and count.
+
+    The branch response is the block's residual function after its last BN,
+    before the addition and the ReLU (plain nets: the same layer), as in the
+    paper's Fig. 7; moments are over all units of all real examples.
+    """
+    _, feats = model(x, return_features=True)
+    rows = []
+    for r in feats["branch_responses"]:
+        r = r.astype(jnp.float32)
+        rows.append(jnp.stack([(r.mean((1, 2, 3)) * mask).sum(),
+                               (jnp.square(r).mean((1, 2, 3)) * mask).sum(), mask.sum()]))
+    return jnp.stack(rows)
+
+
+def std_from_sums(sums: np.ndarray) -> np.ndarray:
+    """Per-block standard deviation from ``response_batch_sums`` totals."""
+    mean = sums[:, 0] / sums[:, 2]
+    return np.sqrt(np.maximum(sums[:, 1] / sums[:, 2] - mean**2, 0.0))
+
+
+def _eval_batch_size(config, num_devices: int, n: int | None = None) -> int:
+    size = config.eval_batch_size if n is None else min(config.eval_batch_size, max(n, 1))
+    return math.ceil(size / num_devices) * num_devices
+
+
+def _steps_until_log(config, total: int, step: int) -> int:
+    return min(config.log_every_steps - step % config.log_every_steps, total - step)
+
+
+# --------------------------------------------------------------------------- in memory
+
+
+def device_data(mesh, split: input_pipeline.Split) -> dict[str, jax.Array]:
+    """A split replicated on every device (every process passes the same host arrays)."""
+    sharding = parallel.replicated(mesh)
+    return {
+        "images": jax.make_array_from_callback(split.images.shape, sharding,
+                                               lambda i: split.images[i]),
+        "labels": jax.make_array_from_callback(split.labels.shape, sharding,
+                                               lambda i: split.labels[i]),
+    }
+
+
+def padded_eval_split(mesh, split: input_pipeline.Split, batch_size: int) -> dict:
+    """(batches, batch, ...) arrays with a mask, so a partial last batch needs no recompile."""
+    n = len(split.labels)
+    nb = max(1, math.ceil(n / batch_size))
+    pad = nb * batch_size - n
+    images = np.concatenate([split.images, np.zeros((pad, *split.images.shape[1:]), np.uint8)])
+    labels = np.concatenate([split.labels, np.zeros(pad, np.int32)])
+    mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    host = {
+        "images": images.reshape(nb, batch_size, *images.shape[1:]),
+        "labels": labels.reshape(nb, batch_size),
+        "mask": mask.reshape(nb, batch_size),
+    }
+    sharding = parallel.batch_sharded(mesh, leading_axes=1)
+    return {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
+            for k, v in host.items()}
+
+
+class InMemoryFeed:
+    """digits / CIFAR: held on device; batches sampled, augmented and normalised inside jit."""
+
+    def __init__(self, config, mesh):
+        self.config, self.mesh = config, mesh
+        data = input_pipeline.load_in_memory(config)
+        self.num_train = len(data.train.labels)
+        self.num_classes = data.num_classes
+        self.image_shape = data.train.images.shape[1:]
+        self.mean = jax.device_put(jnp.asarray(data.mean_image), parallel.replicated(mesh))
+        self.train = device_data(mesh, data.train)
+        n_dev = mesh.devices.size
+        self.eval_splits = {
+            name: padded_eval_split(mesh, split, _eval_batch_size(config, n_dev,
+                                                                  len(split.labels)))
+            for name, split in (("test", data.test), ("val", data.val)) if split is not None
+        }
+
+    def make_train_chunk(self, trainer, start_step: int) -> Callable:
+        """``run(state, step) -> (state, sums)``: every step up to the next log step.
+
+        ``sums`` holds the summed (loss, error, steps) of the chunk, on device. The
+        batch of step s is a pure function of (seed, s), so a resumed run sees the
+        batches an uninterrupted one would (``start_step`` is not needed). On
+        accelerators the whole chunk is one dispatch (``lax.fori_loop``); on CPU,
+        where XLA runs convolutions inside loops about 10x slower, each step is
+        its own dispatch.
+        """
+        del start_step
+        config, total = self.config, trainer.schedule.total_steps
+        base = jax.random.key(config.seed)
+        order_key, augment_key = jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
+        batch_sharding = parallel.batch_sharded(self.mesh)
+        num_train, log_every = self.num_train, config.log_every_steps
+
+        def one_step(state, data, sums):
+            idx = input_pipeline.batch_indices(order_key, state.step, num_train,
+                                               config.batch_size)
+            idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
+            images = input_pipeline.augment_batch(
+                jax.random.fold_in(augment_key, state.step),
+                data["images"][idx],
+                crop_padding=config.augment.crop_padding,
+                flip=config.augment.flip,
+            )
+            x = input_pipeline.normalize(images, data["mean"])
+            state, loss, error = trainer.apply_gradients(state, x, data["labels"][idx])
+            return state, sums + jnp.stack([loss, error, 1.0])
+
+        data = {**self.train, "mean": self.mean}
+        loop_on_device = config.loop_on_device
+        if loop_on_device is None:
+            loop_on_device = jax.default_backend() != "cpu"
+
+        if loop_on_device:
+
+            def chunk(state, data):
+                n = jnp.minimum(log_every - state.step % log_every, total - state.step)
+                body = lambda _, c: one_step(c[0], data, c[1])  # noqa: E731
+                return jax.lax.fori_loop(0, n, body, (state, jnp.zeros(3)))
+
+            chunk_fn = jax.jit(chunk, donate_argnums=0)
+            return lambda state, step: chunk_fn(state, data)
+
+        step_fn = jax.jit(one_step, donate_argnums=(0, 2))
+        zeros = jax.jit(lambda: jnp.zeros(3), out_shardings=parallel.replicated(self.mesh))
+
+        def run(state, step):
+            sums = zeros()
+            for _ in range(_steps_until_log(config, total, step)):
+                state, sums = step_fn(state, data, sums)
+            return state, sums
+
+        return run
+
+    def make_evaluate(self, trainer) -> EvalFn:
+        """``evaluate(params, batch_stats) -> {test_error, test_loss[, val_...]}``."""
+
+        def sums(params, batch_stats, split, mean):
+            model = trainer.model(params, batch_stats)
+            model.eval()
+
+            def body(acc, batch):
+                x = input_pipeline.normalize(batch["images"], mean)
+                return acc + eval_batch_sums(model, x, batch["labels"], batch["mask"]), None
+
+            return jax.lax.scan(body, jnp.zeros(3), split)[0]
+
+        sums_fn = jax.jit(sums)
+
+        def evaluate(params, batch_stats):
+            out = {}
+            for name, split in self.eval_splits.items():
+                wrong, loss, count = np.asarray(sums_fn(params, batch_stats, split, self.mean))
+                out[f"{name}_error"] = float(wrong / count)
+                out[f"{name}_loss"] = float(loss / count)
+            return out
+
+        return evaluate
+
+    def make_responses(self, trainer) -> Callable[[Any, Any], np.ndarray]:
+        """``responses(params, batch_stats) -> std per block`` on the test split."""
+
+        def sums(params, batch_stats, split, mean):
+            model = trainer.model(params, batch_stats)
+            model.eval()
+
+            def body(acc, batch):
+                x = input_pipeline.normalize(batch["images"], mean)
+                return acc + response_batch_sums(model, x, batch["mask"]), None
+
+            n = sum(len(s.blocks) for s in model.stages)
+            return jax.lax.scan(body, jnp.zeros((n, 3)), split)[0]
+
+        sums_fn = jax.jit(sums)
+        return lambda params, batch_stats: std_from_sums(
+            np.asarray(sums_fn(params, batch_stats, self.eval_splits["test"], self.mean)))
+
+
+# --------------------------------------------------------------------------- streamed
+
+
+class StreamingFeed:
+    """ImageNet: each process streams its shard from TFDS; the step normalises on device."""
+
+    def __init__(self, config, mesh):
+        self.config, self.mesh = config, mesh
+        train_split, test_split = input_pipeline.STREAMED_SPLITS[config.dataset]
+        n_val = int(config.get("val_examples", 0) or 0)
+        if n_val:  # held out from the start of the training split
+            self.train_split = f"{train_split}[{n_val}:]"
+            self.eval_split_names = {"test": test_split, "val": f"{train_split}[:{n_val}]"}
+        else:
+            self.train_split, self.eval_split_names = train_split, {"test": test_split}
+        self.num_train = input_pipeline.num_examples(config, self.train_split)
+        self.mean = jnp.asarray(input_pipeline.IMAGENET_MEAN)
+        self.std = jnp.asarray(input_pipeline.IMAGENET_STD)
+        self.sharding = parallel.batch_sharded(mesh)
+
+    def _stream(self, split: str, batch_size: int, train: bool, seed: int = 0) -> Iterator:
+        return input_pipeline.make_streaming_dataset(
+            self.config, split, batch_size=batch_size, train=train, seed=seed,
+            process_index=jax.process_index(), process_count=jax.process_count())
+
+    def _global(self, local: np.ndarray) -> jax.Array:
+        return jax.make_array_from_process_local_data(self.sharding, local)
+
+    def make_train_chunk(self, trainer, start_step: int) -> Callable:
+        """``run(state, step) -> (state, sums)``, one dispatch per step from the host stream.
+
+        The shuffle is seeded with (seed, start_step): a resumed run continues
+        from its checkpoint with a fresh order (tf.data's position is not
+        checkpointed), instead of replaying the examples it saw first.
+        """
+        config, total = self.config, trainer.schedule.total_steps
+        stream = self._stream(self.train_split, config.batch_size, train=True,
+                              seed=config.seed * 1_000_003 + start_step)
+        mean, std = self.mean, self.std
+
+        def one_step(state, images, labels, sums):
+            x = input_pipeline.normalize(images, mean, std=std)
+            state, loss, error = trainer.apply_gradients(state, x, labels)
+            return state, sums + jnp.stack([loss, error, 1.0])
+
+        step_fn = jax.jit(one_step, donate_argnums=(0, 3))
+        zeros = jax.jit(lambda: jnp.zeros(3), out_shardings=parallel.replicated(self.mesh))
+
+        def run(state, step):
+            sums = zeros()
+            for _ in range(_steps_until_log(config, total, step)):
+                batch = next(stream)
+                state, sums = step_fn(state, self._global(batch["image"]),
+                                      self._global(batch["label"]), sums)
+            return state, sums
+
+        return run
+
+    def reduce_split(self, split: str, batch_fn: Callable, params, batch_stats) -> np.ndarray:
+        """Sums ``batch_fn`` over one pass of ``split``; stops on the first all-padding batch.
+
+        The eval stream is padded without end, and the stop decision is taken
+        on a global (all-process) count, so every process runs the same batches.
+        """
+        batch_size = _eval_batch_size(self.config, self.mesh.devices.size)
+        total = None
+        for batch in self._stream(split, batch_size, train=False):
+            sums = np.asarray(batch_fn(params, batch_stats, self._global(batch["image"]),
+                                       self._global(batch["label"]),
+                                       self._global(batch["mask"])))
+            if sums[..., -1].max() == 0:
+                break
+            total = sums if total is None else total + sums
+        if total is None:
+            raise ValueError(f"the {split} split of {self.config.dataset} is empty")
+        return total
+
+    def make_evaluate(self, trainer) -> EvalFn:
+        mean, std = self.mean, self.std
+
+        @jax.jit
+        def batch_fn(params, batch_stats, images, labels, mask):
+            model = trainer.model(params, batch_stats)
+            model.eval()
+            return eval_batch_sums(model, input_pipeline.normalize(images, mean, std=std),
+                                   labels, mask)
+
+        def evaluate(params, batch_stats):
+            out = {}
+            for name, split in self.eval_split_names.items():
+                wrong, loss, count = self.reduce_split(split, batch_fn, params, batch_stats)
+                out[f"{name}_error"] = float(wrong / count)
+                out[f"{name}_loss"] = float(loss / count)
+            return out
+
+        return evaluate
+
+    def make_responses(self, trainer) -> Callable[[Any, Any], np.ndarray]:
+        mean, std = self.mean, self.std
+
+        @jax.jit
+        def batch_fn(params, batch_stats, images, labels, mask):
+            del labels
+            model = trainer.model(params, batch_stats)
+            model.eval()
+            return response_batch_sums(model, input_pipeline.normalize(images, mean, std=std),
+                                       mask)
+
+        return lambda params, batch_stats: std_from_sums(
+            self.reduce_split(self.eval_split_names["test"], batch_fn, params, batch_stats))
+
+
+def make_feed(config, mesh) -> InMemoryFeed | StreamingFeed:
+    """The feed for ``config.dataset``."""
+    if config.dataset in input_pipeline.IN_MEMORY_DATASETS:
+        return InMemoryFeed(config, mesh)
+    return StreamingFeed(config, mesh)
