@@ -22,6 +22,7 @@ each block's branch response).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -110,9 +111,11 @@ def padded_eval_split(mesh, split: input_pipeline.Split, batch_size: int) -> dic
 class InMemoryFeed:
     """digits / CIFAR: held on device; batches sampled, augmented and normalised inside jit."""
 
-    def __init__(self, config, mesh):
+    def __init__(self, config, mesh, data: input_pipeline.InMemoryData | None = None):
+        """Loads ``config.dataset``, or holds ``data`` (synthetic data for benchmarks)."""
         self.config, self.mesh = config, mesh
-        data = input_pipeline.load_in_memory(config)
+        data = input_pipeline.load_in_memory(config) if data is None else data
+        self.input_wait_s = 0.0  # no host input on the hot path, by construction
         self.num_train = len(data.train.labels)
         self.num_classes = data.num_classes
         self.image_shape = data.train.images.shape[1:]
@@ -245,6 +248,7 @@ class StreamingFeed:
         self.mean = jnp.asarray(input_pipeline.IMAGENET_MEAN)
         self.std = jnp.asarray(input_pipeline.IMAGENET_STD)
         self.sharding = parallel.batch_sharded(mesh)
+        self.input_wait_s = 0.0  # time the training loop spent waiting for the host stream
 
     def _stream(self, split: str, batch_size: int, train: bool, seed: int = 0) -> Iterator:
         return input_pipeline.make_streaming_dataset(
@@ -277,7 +281,9 @@ class StreamingFeed:
         def run(state, step):
             sums = zeros()
             for _ in range(_steps_until_log(config, total, step)):
+                t = time.perf_counter()
                 batch = next(stream)
+                self.input_wait_s += time.perf_counter() - t
                 state, sums = step_fn(state, self._global(batch["image"]),
                                       self._global(batch["label"]), sums)
             return state, sums

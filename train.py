@@ -42,6 +42,7 @@ from checkpointing import Checkpointer
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_WRITE_FAILED = 4
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -52,6 +53,29 @@ class Diverged(RuntimeError):
         self.step, self.last_checkpoint = step, last_checkpoint
         where = f"step {last_checkpoint}" if last_checkpoint is not None else "none"
         super().__init__(f"loss is not finite at step {step}; last good checkpoint: {where}")
+
+
+class WriteFailed(RuntimeError):
+    """A metrics line or checkpoint could not be written (disk full, quota, lost mount)."""
+
+    def __init__(self, what: str, step: int, err: BaseException, last_checkpoint: int | None):
+        where = f"step {last_checkpoint}" if last_checkpoint is not None else "none"
+        super().__init__(f"cannot write the {what} at step {step} ({err}); the last complete "
+                         f"checkpoint ({where}) is intact: free space and run again to resume")
+
+
+@contextlib.contextmanager
+def _writing(what: str, step: int, ckpt: Checkpointer):
+    """Turns a failed write into ``WriteFailed``, naming the checkpoint a rerun resumes from."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteFailed(what, step, e, ckpt.latest_step()) from e
+    except Exception as e:  # Orbax's async save re-raises the writer's error wrapped
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, OSError):
+            raise WriteFailed(what, step, cause, ckpt.latest_step()) from e
+        raise
 
 
 class Interrupted(RuntimeError):
@@ -295,7 +319,8 @@ def train_and_evaluate(
 
     Raises ValueError for bad input (before anything is written), ``Diverged``
     when the loss stops being finite and ``Interrupted`` after a SIGTERM/SIGINT
-    (both after writing what must survive).
+    (both after writing what must survive), ``WriteFailed`` when a metrics line
+    or checkpoint cannot be written (the last complete checkpoint stays usable).
     """
     # Signals are caught from the very start, so a SIGTERM during set-up or
     # compilation still ends with a checkpoint instead of a lost run.
@@ -348,29 +373,35 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         }
         if step % config.eval_every_steps == 0 or step == schedule.total_steps:
             line.update(evaluate(state.params, state.batch_stats))
-        run.metrics.append(line)
+        with _writing("metrics", step, ckpt):
+            run.metrics.append(line)
         progress.update(line)
         t_log = time.time()
         if (step % config.checkpoint_every_steps == 0 or step == schedule.total_steps
                 or sig.signum is not None):
-            ckpt.save(step, state)
+            with _writing("checkpoint", step, ckpt):
+                ckpt.save(step, state)
         if sig.signum is not None and step < schedule.total_steps:
-            ckpt.wait()
+            with _writing("checkpoint", step, ckpt):
+                ckpt.wait()
             raise Interrupted(sig.signum, step)
-    ckpt.wait()
-    ckpt.close()
+    with _writing("checkpoint", step, ckpt):
+        ckpt.wait()
     progress.close()
 
     if config.layer_responses:
         stds = feed.make_responses(trainer)(state.params, state.batch_stats)
         stages = [s for s, stage in enumerate(trainer.model(state.params, state.batch_stats)
                                               .stages) for _ in stage.blocks]
-        run.write_json("layer_responses.json", {"blocks": [
-            {"index": i, "stage": stages[i], "std": float(v)} for i, v in enumerate(stds)]})
+        with _writing("layer responses", step, ckpt):
+            run.write_json("layer_responses.json", {"blocks": [
+                {"index": i, "stage": stages[i], "std": float(v)} for i, v in enumerate(stds)]})
     summary = run_files.summarize(run.metrics.read(), status="finished",
                                   name=models.spec_from_config(config.model).name,
                                   params=num_params, steps=schedule.total_steps)
-    run.write_json("summary.json", summary)
+    with _writing("summary", step, ckpt):
+        run.write_json("summary.json", summary)
+    ckpt.close()
     return summary
 
 
@@ -400,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return EXIT_INTERRUPTED[e.signum]
+    except WriteFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
     print(json.dumps(summary))
     return 0
 

@@ -115,22 +115,25 @@ def _final_params(workdir):
 
 
 def test_killed_run_resumes_to_the_same_parameters_and_metrics(tmp_path):
+    """SIGKILL at random moments, three times, then resume: same as never interrupted."""
+    extra = ("--config.num_steps=40", "--config.checkpoint_every_steps=5")
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(train_cmd(full), check=True, capture_output=True)
-    proc = subprocess.Popen(train_cmd(killed), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    _wait_for(killed / "checkpoints" / "10")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "summary.json").exists()
-    out = subprocess.run(train_cmd(killed), capture_output=True, text=True)
+    subprocess.run(train_cmd(full, *extra), check=True, capture_output=True)
+    rng = np.random.default_rng(int(time.time()))
+    for _ in range(3):
+        proc = subprocess.Popen(train_cmd(killed, *extra), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 7.0))  # start-up, compile, steps or a checkpoint write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    out = subprocess.run(train_cmd(killed, *extra), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert read_metrics(killed) == [
         {**m, "images_per_sec": n["images_per_sec"], "elapsed_s": n["elapsed_s"]}
         for m, n in zip(read_metrics(full), read_metrics(killed), strict=True)]
     step_a, params_a = _final_params(full)
     step_b, params_b = _final_params(killed)
-    assert step_a == step_b == 20
+    assert step_a == step_b == 40
     for a, b in zip(params_a, params_b, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -244,6 +247,10 @@ def test_imagenet_end_to_end_through_the_streaming_tfds_path(tmp_path):
         (["--config.no_such_key=1"], "unknown config key 'no_such_key'"),
         (["--config.model.depth=abc"], "bad value 'abc'"),
         (["--config.eval_every_steps=7"], "multiple of log_every_steps"),
+        (["--config.model.plain=True", "--config.model.shortcut=B"], "plain"),
+        (["--config.model.family=imagenet", "--config.model.depth=40"], "18, 34, 50, 101, 152"),
+        (["--config.dataset=cifar10", "--config.model.in_channels=3",
+          "--config.data_dir=/nonexistent/tfds"], "tfds build cifar10 --data_dir DIR"),
     ],
 )
 def test_bad_input_is_one_error_line_and_no_run_directory(tmp_path, capsys, args, message):
@@ -264,3 +271,87 @@ def test_resuming_with_a_different_config_is_refused(tmp_path, capsys):
     assert train.main(args) == 2
     err = capsys.readouterr().err
     assert "optimizer.lr: 0.1 -> 0.2" in err and "--allow-config-change" in err
+
+
+@pytest.mark.parametrize("loop_on_device", [False, True])
+def test_training_loop_moves_nothing_between_host_and_device(loop_on_device):
+    """In-memory data: after compilation, steps run under transfer_guard('disallow')."""
+    import data_feed
+    import parallel
+
+    c = tiny_config(loop_on_device=loop_on_device)
+    mesh = parallel.make_mesh()
+    feed = data_feed.InMemoryFeed(c, mesh)
+    schedule = train.derive_schedule(c, feed.num_train)
+    trainer, parts = train.build_trainer(c, mesh, schedule)
+    state = train.init_state(parts, c, mesh)
+    chunk = feed.make_train_chunk(trainer, 0)
+    state, sums = chunk(state, 0)  # compiles
+    with jax.transfer_guard("disallow"):
+        state, sums = chunk(state, 5)
+        state, sums = chunk(state, 10)
+        jax.block_until_ready((state, sums))
+        with pytest.raises(Exception, match="host-to-device"):  # the guard is armed
+            jax.jit(lambda a: a + 1)(np.ones(3))
+    assert int(state.step) == 15 and np.isfinite(np.asarray(sums)).all()
+
+
+def test_divergence_stops_the_run_and_keeps_what_was_written(tmp_path):
+    """LR 0.1 for 10 steps, then 1e5: the loss blows up after the step-10 checkpoint."""
+    cmd = train_cmd(tmp_path, "--config.num_steps=40", "--config.checkpoint_every_steps=5",
+                    "--config.schedule.boundaries_steps=(10,)",
+                    "--config.schedule.decay_factor=1e6")
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 3, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: diverged: loss is not finite at step ")
+    bad_step = int(last.split("at step ")[1].split(";")[0])
+    assert 10 <= bad_step < 40 and "last good checkpoint: step" in last
+    summary = load_json(tmp_path / "summary.json")
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] == bad_step
+    steps = [m["step"] for m in read_metrics(tmp_path)]
+    assert steps[:2] == [5, 10] and all(s <= bad_step for s in steps)
+    saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert 10 in saved and all(s <= bad_step for s in saved)
+    good = int(last.rsplit("step ", 1)[1])
+    assert good in saved
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "metrics"])
+def test_a_full_disk_is_a_clear_error_and_the_last_checkpoint_stays_usable(
+        tmp_path, monkeypatch, what):
+    import errno
+
+    import checkpointing
+    import run_files
+
+    c = tiny_config(checkpoint_every_steps=5)
+    target, method = ((checkpointing.Checkpointer, "save") if what == "checkpoint"
+                      else (run_files.MetricsLog, "append"))
+    real = getattr(target, method)
+
+    def fail_at_step_15(self, *args):
+        step = args[0] if what == "checkpoint" else args[0]["step"]
+        if step == 15:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args)
+
+    monkeypatch.setattr(target, method, fail_at_step_15)
+    with pytest.raises(train.WriteFailed) as info:
+        train.train_and_evaluate(c, str(tmp_path))
+    message = str(info.value)
+    assert f"cannot write the {what} at step 15" in message
+    assert "No space left on device" in message and "checkpoint (step 10) is intact" in message
+    monkeypatch.setattr(target, method, real)  # space freed: the rerun resumes from step 10
+    summary = train.train_and_evaluate(c, str(tmp_path))
+    assert summary["status"] == "finished"
+    assert [m["step"] for m in read_metrics(tmp_path)] == [5, 10, 15, 20]
+
+
+def test_a_workdir_that_cannot_be_written_is_one_error_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = train.main(["--config", "configs/digits.py:resnet-20",
+                       "--workdir", str(blocker / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: cannot write the run")

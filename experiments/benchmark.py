@@ -1,0 +1,218 @@
+"""Training-step benchmark: compile time, step time, throughput, achieved FLOP/s.
+
+    python -m experiments.benchmark --config configs/cifar10.py:resnet-56 --synthetic
+    python -m experiments.benchmark --config configs/digits.py:resnet-20 --steps 50
+    python -m experiments.benchmark --config configs/cifar10.py:resnet-110 --synthetic \\
+        --dtype bfloat16 --conv-bound
+
+It times the real hot path of ``train.py`` (the same feed, the same jitted
+step, the same chunking of steps between log lines): the first chunk pays the
+compilation, then ``--repeats`` chunks of ``--steps`` steps are timed, each
+ended by a device sync. ``--synthetic`` replaces the dataset by random uint8
+images of its shape held on device (no download; in-memory feed), so CIFAR and
+ImageNet networks can be timed anywhere. With a streamed dataset (ImageNet) it
+also reports the share of the step time spent waiting for input.
+
+``--conv-bound`` also times the network's convolutions alone (forward and both
+backward convolutions, the same shapes, one jitted program): the floor that
+XLA's convolution kernels put under the step, and the step time as a multiple
+of it.
+
+Prints a table, then one JSON line: model, batch_size, devices, device_kind,
+compile_s, step_ms (median), images_per_sec, flops_per_image (training: 3x the
+forward multiply-adds x 2), achieved_tflops, input_wait_fraction[, conv_ms,
+step_over_conv].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import config_loading
+import data_feed
+import input_pipeline
+import models
+import parallel
+import train
+from models.summary import count_macs
+
+
+def synthetic_data(config, num_examples: int) -> input_pipeline.InMemoryData:
+    """Random uint8 images and labels with the shape of ``config.dataset``'s images."""
+    shape = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}.get(
+        config.dataset)
+    if shape is None:  # streamed datasets: the training crop
+        size = int(config.augment.crop_size)
+        shape = (size, size, 3)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (num_examples, *shape), dtype=np.uint8)
+    labels = rng.integers(0, config.model.num_classes, num_examples).astype(np.int32)
+    split = input_pipeline.Split(images, labels)
+    mean = (images / 255.0).mean(0).astype(np.float32)
+    return input_pipeline.InMemoryData("synthetic", config.model.num_classes, split, split,
+                                       None, mean)
+
+
+def forward_macs(trainer, params, batch_stats, image_shape) -> int:
+    """Multiply-adds of one image's forward pass, counted from the traced program."""
+    model = trainer.model(params, batch_stats)
+    model.eval()
+    return count_macs(model, jnp.zeros((1, *image_shape), jnp.float32))
+
+
+def conv_only_fn(trainer, params, batch_stats, x):
+    """A jitted program running every convolution of a training step and nothing else.
+
+    The convolutions are read from the traced forward pass of the real model
+    on ``x`` (so every architecture variant is covered); each runs forward and
+    through its VJP (gradient with respect to input and kernel), which is what
+    a training step asks of the convolution kernels.
+    """
+    def forward(x, params, batch_stats):
+        model = trainer.model(params, batch_stats)
+        model.train()
+        return model(x)
+
+    jaxpr = jax.make_jaxpr(forward)(x, params, batch_stats).jaxpr
+    convs = [(e.invars[0].aval, e.invars[1].aval, e.params) for e in jaxpr.eqns
+             if e.primitive.name == "conv_general_dilated"]
+    if not convs:
+        raise ValueError("found no convolution at the top level of the traced model")
+    keys = jax.random.split(jax.random.key(0), 2 * len(convs))
+    operands = [(jax.random.normal(keys[2 * i], lhs.shape, lhs.dtype),
+                 jax.random.normal(keys[2 * i + 1], rhs.shape, rhs.dtype))
+                for i, (lhs, rhs, _) in enumerate(convs)]
+
+    def run(operands):
+        total = jnp.zeros((), jnp.float32)
+        for (lhs, rhs), (_, _, params_) in zip(operands, convs, strict=True):
+            conv = lambda a, b, p=params_: jax.lax.conv_general_dilated_p.bind(a, b, **p)  # noqa: E731
+            out, vjp = jax.vjp(conv, lhs, rhs)
+            d_lhs, d_rhs = vjp(out)
+            total += d_lhs.ravel()[0].astype(jnp.float32) + d_rhs.ravel()[0].astype(
+                jnp.float32)
+        return total
+
+    return jax.jit(run), operands
+
+
+def _time(fn, *args) -> float:
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t
+
+
+def benchmark(config, *, steps: int, repeats: int, synthetic: bool, conv_bound: bool) -> dict:
+    mesh = parallel.make_mesh()
+    config.log_every_steps = steps  # one timed chunk = one log interval of train.py
+    config.num_steps = steps * (repeats + 1)
+    train.validate_config(config, mesh.devices.size)
+    if synthetic:
+        feed = data_feed.InMemoryFeed(config, mesh, synthetic_data(config, 8 * config.batch_size))
+        image_shape = feed.image_shape
+    else:
+        feed = data_feed.make_feed(config, mesh)
+        image_shape = getattr(feed, "image_shape", None) or (
+            config.augment.crop_size, config.augment.crop_size, 3)
+    schedule = train.derive_schedule(config, feed.num_train)
+    trainer, parts = train.build_trainer(config, mesh, schedule)
+    state = train.init_state(parts, config, mesh)
+    macs = forward_macs(trainer, parts[1], parts[2], image_shape)
+
+    chunk = feed.make_train_chunk(trainer, 0)
+    t = time.perf_counter()
+    state, sums = chunk(state, 0)
+    jax.block_until_ready((state, sums))
+    first_s = time.perf_counter() - t
+    wait_before = feed.input_wait_s
+    times = []
+    for r in range(repeats):
+        t = time.perf_counter()
+        state, sums = chunk(state, (r + 1) * steps)
+        jax.block_until_ready((state, sums))
+        times.append(time.perf_counter() - t)
+    chunk_s = statistics.median(times)
+    step_s = chunk_s / steps
+    images_per_sec = config.batch_size / step_s
+    flops_per_image = 6 * macs
+    result = {
+        "model": models.spec_from_config(config.model).name,
+        "dataset": "synthetic" if synthetic else config.dataset,
+        "image_shape": list(image_shape),
+        "dtype": config.model.dtype,
+        "batch_size": config.batch_size,
+        "devices": mesh.devices.size,
+        "device_kind": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "compile_s": round(max(first_s - chunk_s, 0.0), 2),
+        "step_ms": round(1e3 * step_s, 3),
+        "step_ms_min": round(1e3 * min(times) / steps, 3),
+        "images_per_sec": round(images_per_sec, 1),
+        "flops_per_image": flops_per_image,
+        "achieved_tflops": round(flops_per_image * images_per_sec / 1e12, 4),
+        "input_wait_fraction": round((feed.input_wait_s - wait_before) / sum(times), 4),
+        "steps_timed": steps * repeats,
+    }
+    if conv_bound:
+        x = jnp.zeros((config.batch_size // mesh.devices.size, *image_shape), jnp.float32)
+        conv_fn, operands = conv_only_fn(trainer, state.params, state.batch_stats, x)
+        _time(conv_fn, operands)
+        conv_s = statistics.median(_time(conv_fn, operands) for _ in range(max(repeats, 3)))
+        result["conv_ms"] = round(1e3 * conv_s, 3)
+        result["step_over_conv"] = round(step_s / conv_s, 3)
+    return result
+
+
+def render(result: dict) -> str:
+    width = max(map(len, result))
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in result.items())
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise ValueError(message)
+
+    p = Parser(prog="python -m experiments.benchmark", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="configs/FILE.py[:ARG]")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch (default: config)")
+    p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
+    p.add_argument("--repeats", type=int, default=5, help="timed chunks (median reported)")
+    p.add_argument("--synthetic", action="store_true", help="random data of the dataset's shape")
+    p.add_argument("--dtype", default=None, help="compute dtype: float32 | bfloat16")
+    p.add_argument("--conv-bound", action="store_true", help="also time the convolutions alone")
+    args, extra = p.parse_known_args(argv)
+    if args.steps < 1 or args.repeats < 1:
+        raise ValueError("--steps and --repeats must be >= 1")
+    overrides = config_loading.parse_overrides(extra)
+    if args.batch_size is not None:
+        overrides["batch_size"] = str(args.batch_size)
+    if args.dtype is not None:
+        overrides["model.dtype"] = args.dtype
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        config = config_loading.load_config(args.config, overrides)
+        result = benchmark(config, steps=args.steps, repeats=args.repeats,
+                           synthetic=args.synthetic, conv_bound=args.conv_bound)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(render(result))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
