@@ -160,11 +160,7 @@ class InMemoryFeed:
             return state, sums + jnp.stack([loss, error, 1.0])
 
         data = {**self.train, "mean": self.mean}
-        loop_on_device = config.loop_on_device
-        if loop_on_device is None:
-            loop_on_device = jax.default_backend() != "cpu"
-
-        if loop_on_device:
+        if config.loop_on_device:
 
             def chunk(state, data):
                 n = jnp.minimum(log_every - state.step % log_every, total - state.step)
@@ -221,7 +217,7 @@ class InMemoryFeed:
                 x = input_pipeline.normalize(batch["images"], mean)
                 return acc + response_batch_sums(model, x, batch["mask"]), None
 
-            n = sum(len(s.blocks) for s in model.stages)
+            n = sum(s.num_blocks for s in model.stages)
             return jax.lax.scan(body, jnp.zeros((n, 3)), split)[0]
 
         sums_fn = jax.jit(sums)

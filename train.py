@@ -392,7 +392,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if config.layer_responses:
         stds = feed.make_responses(trainer)(state.params, state.batch_stats)
         stages = [s for s, stage in enumerate(trainer.model(state.params, state.batch_stats)
-                                              .stages) for _ in stage.blocks]
+                                              .stages) for _ in range(stage.num_blocks)]
         with _writing("layer responses", step, ckpt):
             run.write_json("layer_responses.json", {"blocks": [
                 {"index": i, "stage": stages[i], "std": float(v)} for i, v in enumerate(stds)]})

@@ -42,7 +42,7 @@ import input_pipeline
 import models
 import parallel
 import train
-from models.summary import count_macs
+from models.summary import iter_eqns, module_macs
 
 
 def synthetic_data(config, num_examples: int) -> input_pipeline.InMemoryData:
@@ -65,7 +65,7 @@ def forward_macs(trainer, params, batch_stats, image_shape) -> int:
     """Multiply-adds of one image's forward pass, counted from the traced program."""
     model = trainer.model(params, batch_stats)
     model.eval()
-    return count_macs(model, jnp.zeros((1, *image_shape), jnp.float32))
+    return module_macs(model, lambda m, x: m(x), jnp.zeros((1, *image_shape), jnp.float32))
 
 
 def conv_only_fn(trainer, params, batch_stats, x):
@@ -82,10 +82,11 @@ def conv_only_fn(trainer, params, batch_stats, x):
         return model(x)
 
     jaxpr = jax.make_jaxpr(forward)(x, params, batch_stats).jaxpr
-    convs = [(e.invars[0].aval, e.invars[1].aval, e.params) for e in jaxpr.eqns
-             if e.primitive.name == "conv_general_dilated"]
+    convs = [(e.invars[0].aval, e.invars[1].aval, e.params)
+             for e, times in iter_eqns(jaxpr) if e.primitive.name == "conv_general_dilated"
+             for _ in range(times)]
     if not convs:
-        raise ValueError("found no convolution at the top level of the traced model")
+        raise ValueError("found no convolution in the traced model")
     keys = jax.random.split(jax.random.key(0), 2 * len(convs))
     operands = [(jax.random.normal(keys[2 * i], lhs.shape, lhs.dtype),
                  jax.random.normal(keys[2 * i + 1], rhs.shape, rhs.dtype))
@@ -114,6 +115,7 @@ def benchmark(config, *, steps: int, repeats: int, synthetic: bool, conv_bound: 
     mesh = parallel.make_mesh()
     config.log_every_steps = steps  # one timed chunk = one log interval of train.py
     config.num_steps = steps * (repeats + 1)
+    config.eval_every_steps = config.checkpoint_every_steps = config.num_steps  # not timed
     train.validate_config(config, mesh.devices.size)
     if synthetic:
         feed = data_feed.InMemoryFeed(config, mesh, synthetic_data(config, 8 * config.batch_size))
@@ -148,6 +150,9 @@ def benchmark(config, *, steps: int, repeats: int, synthetic: bool, conv_bound: 
         "dataset": "synthetic" if synthetic else config.dataset,
         "image_shape": list(image_shape),
         "dtype": config.model.dtype,
+        "scan_blocks": bool(config.model.scan_blocks),
+        "remat_blocks": bool(config.model.remat_blocks),
+        "loop_on_device": bool(config.loop_on_device),
         "batch_size": config.batch_size,
         "devices": mesh.devices.size,
         "device_kind": jax.devices()[0].device_kind,

@@ -18,6 +18,9 @@ takes the ``config.model`` section:
     zero_init_residual bool (not in the paper; zero the last BN scale of each branch)
     dtype, param_dtype 'float32' | 'bfloat16' | 'float16'
     bn_momentum      float, running-average momentum (new = m * old + (1 - m) * batch)
+    scan_blocks      bool, run each stage's identical blocks with one compiled body
+                     (nnx.scan): compile time independent of depth (ResNet-1202)
+    remat_blocks     bool, recompute each block's activations in the backward pass
 """
 
 from __future__ import annotations
@@ -121,6 +124,8 @@ def layer_options_from_config(
         bn_momentum=momentum,
         bn_axis_name=bn_axis_name,
         zero_init_residual=bool(_get(cfg, "zero_init_residual", False)),
+        scan_blocks=bool(_get(cfg, "scan_blocks", False)),
+        remat_blocks=bool(_get(cfg, "remat_blocks", False)),
     )
 
 

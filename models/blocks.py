@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models.conv import conv_general_dilated as canonical_vjp_conv
+
 SHORTCUT_OPTIONS = ("A", "B", "C")
 
 
@@ -36,6 +38,14 @@ class LayerOptions:
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
     zero_init_residual: bool = False
+    # How blocks run, not what they compute (the results are the same either way):
+    # scan_blocks stacks the identical blocks of a stage and runs them with one
+    # compiled body (nnx.scan), so compile time stops growing with depth;
+    # remat_blocks recomputes each block's activations in the backward pass
+    # instead of keeping them (less memory, about one more forward pass of compute).
+    scan_blocks: bool = False
+    remat_blocks: bool = False
+    canonical_conv_vjp: bool = True
 
     def kernel_init(self) -> nnx.Initializer:
         return nnx.initializers.variance_scaling(2.0, self.init_mode, "normal")
@@ -64,6 +74,8 @@ class ConvBN(nnx.Module):
             padding=((pad, pad), (pad, pad)),
             use_bias=False,
             kernel_init=opts.kernel_init(),
+            conv_general_dilated=canonical_vjp_conv if opts.canonical_conv_vjp else (
+                jax.lax.conv_general_dilated),
             dtype=opts.dtype,
             param_dtype=opts.param_dtype,
             rngs=rngs,

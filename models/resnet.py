@@ -138,8 +138,32 @@ class Stem(nnx.Module):
         return x
 
 
+def make_block(
+    spec: NetworkSpec, in_features: int, width: int, stride: int, opts: LayerOptions,
+    rngs: nnx.Rngs,
+) -> BasicBlock | BottleneckBlock:
+    """One block of the network's type; plain nets get the same layers without shortcut."""
+    if spec.block == "basic":
+        return BasicBlock(in_features, width, stride, residual=not spec.plain,
+                          shortcut=spec.shortcut, opts=opts, rngs=rngs)
+    return BottleneckBlock(in_features, width, stride, residual=not spec.plain,
+                           shortcut=spec.shortcut, opts=opts, rngs=rngs,
+                           stride_on=spec.bottleneck_stride)
+
+
+def _call_block(block: nnx.Module, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return block(x)
+
+
 class Stage(nnx.Module):
-    """A run of blocks at one resolution; the first one may downsample and widen."""
+    """A run of blocks at one resolution; the first one may downsample and widen.
+
+    Every block after the first has the same shapes. With ``opts.scan_blocks``
+    those are held stacked (a leading axis of ``num_blocks - 1`` on every
+    parameter, in ``self.repeated``) and run by ``nnx.scan``: one compiled
+    block body per stage whatever the depth (ResNet-1202's 200 blocks per
+    stage compile like one). Otherwise all blocks are in ``self.blocks``.
+    """
 
     def __init__(
         self,
@@ -152,41 +176,50 @@ class Stage(nnx.Module):
         *,
         rngs: nnx.Rngs,
     ):
-        blocks = []
-        for i in range(num_blocks):
-            if spec.block == "basic":
-                block = BasicBlock(
-                    in_features,
-                    width,
-                    stride if i == 0 else 1,
-                    residual=not spec.plain,
-                    shortcut=spec.shortcut,
-                    opts=opts,
-                    rngs=rngs,
-                )
-            else:
-                block = BottleneckBlock(
-                    in_features,
-                    width,
-                    stride if i == 0 else 1,
-                    residual=not spec.plain,
-                    shortcut=spec.shortcut,
-                    opts=opts,
-                    rngs=rngs,
-                    stride_on=spec.bottleneck_stride,
-                )
-            blocks.append(block)
-            in_features = block.out_features
-        self.out_features = in_features
-        self.blocks = nnx.List(blocks)
+        self.num_blocks = num_blocks
+        self.remat = opts.remat_blocks
+        first = make_block(spec, in_features, width, stride, opts, rngs)
+        self.out_features = out = first.out_features
+        if opts.scan_blocks and num_blocks > 1:
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
-        """Returns (output, each block's output, each block's branch response)."""
+            @nnx.split_rngs(splits=num_blocks - 1)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make_repeated(rngs: nnx.Rngs) -> nnx.Module:
+                return make_block(spec, out, width, 1, opts, rngs)
+
+            self.blocks = nnx.List([first])
+            self.repeated = make_repeated(rngs)
+        else:
+            rest = [make_block(spec, out, width, 1, opts, rngs) for _ in range(num_blocks - 1)]
+            self.blocks = nnx.List([first, *rest])
+            self.repeated = None
+
+    def __call__(
+        self, x: jax.Array, *, collect: bool = True
+    ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
+        """Returns (output, each block's output, each block's branch response).
+
+        ``collect=False`` leaves the two lists empty, so a scanned stage does
+        not stack every block's output when nobody asks for them.
+        """
+        call = nnx.remat(_call_block) if self.remat else _call_block
         outputs, responses = [], []
         for block in self.blocks:
-            x, response = block(x)
-            outputs.append(x)
-            responses.append(response)
+            x, response = call(block, x)
+            if collect:
+                outputs.append(x)
+                responses.append(response)
+        if self.repeated is not None:
+
+            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+            def run(x: jax.Array, block: nnx.Module):
+                y, response = call(block, x)
+                return y, ((y, response) if collect else None)
+
+            x, stacked = run(x, self.repeated)
+            if collect:
+                outputs += list(stacked[0])
+                responses += list(stacked[1])
         return x, outputs, responses
 
 
@@ -225,7 +258,7 @@ class ResNet(nnx.Module):
         x = self.stem(x.astype(self.dtype))
         outputs, responses = [], []
         for stage in self.stages:
-            x, outs, resps = stage(x)
+            x, outs, resps = stage(x, collect=return_features)
             outputs += outs
             responses += resps
         pooled = jnp.mean(x, axis=(1, 2))

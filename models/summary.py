@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.extend
@@ -22,26 +23,38 @@ from flax import nnx
 from models.resnet import ResNet
 
 
-def _jaxpr_macs(jaxpr: jax.extend.core.Jaxpr) -> int:
-    total = 0
+def iter_eqns(jaxpr: jax.extend.core.Jaxpr, times: int = 1) -> Iterator[tuple[Any, int]]:
+    """Every equation of a traced program, nested ones included, with how often it runs.
+
+    A ``scan`` body runs ``length`` times (scan-over-layers puts most of a
+    deep network there); other nested programs (remat, pjit, custom VJPs)
+    run once per call.
+    """
     for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            lhs, rhs = (v.aval for v in eqn.invars[:2])
-            out = eqn.outvars[0].aval
-            dn = eqn.params["dimension_numbers"]
-            kernel_spatial = math.prod(rhs.shape[i] for i in dn.rhs_spec[2:])
-            in_per_group = rhs.shape[dn.rhs_spec[1]]
-            out_elems = math.prod(out.shape)
-            total += out_elems * kernel_spatial * in_per_group
-        elif name == "dot_general":
-            lhs, rhs = (v.aval for v in eqn.invars[:2])
-            (lc, _), _ = eqn.params["dimension_numbers"]
-            contracted = math.prod(lhs.shape[i] for i in lc)
-            total += math.prod(eqn.outvars[0].aval.shape) * contracted
+        yield eqn, times
+        inner = times * eqn.params["length"] if eqn.primitive.name == "scan" else times
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            total += _jaxpr_macs(sub)
-    return total
+            yield from iter_eqns(sub, inner)
+
+
+def _eqn_macs(eqn: Any) -> int:
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+        rhs = eqn.invars[1].aval
+        dn = eqn.params["dimension_numbers"]
+        kernel_spatial = math.prod(rhs.shape[i] for i in dn.rhs_spec[2:])
+        in_per_group = rhs.shape[dn.rhs_spec[1]]
+        return math.prod(eqn.outvars[0].aval.shape) * kernel_spatial * in_per_group
+    if name == "dot_general":
+        lhs = eqn.invars[0].aval
+        (lc, _), _ = eqn.params["dimension_numbers"]
+        contracted = math.prod(lhs.shape[i] for i in lc)
+        return math.prod(eqn.outvars[0].aval.shape) * contracted
+    return 0
+
+
+def _jaxpr_macs(jaxpr: jax.extend.core.Jaxpr) -> int:
+    return sum(_eqn_macs(eqn) * times for eqn, times in iter_eqns(jaxpr))
 
 
 def count_macs(fn: Callable, *args) -> int:
@@ -62,6 +75,17 @@ class StageRow:
     macs: int
 
 
+def module_macs(module: nnx.Module, fn: Callable, *args) -> int:
+    """Multiply-adds of ``fn(module, *args)``.
+
+    The module goes in as state and is rebuilt inside the trace: NNX's lifted
+    transforms (the ``nnx.scan`` of a scanned stage) refuse modules captured
+    from outside the trace.
+    """
+    graphdef, state = nnx.split(module)
+    return count_macs(lambda state, *a: fn(nnx.merge(graphdef, state), *a), state, *args)
+
+
 def summarize(model: ResNet, image_size: int) -> list[StageRow]:
     """One row per part of the network (stem, each stage, head), for one image."""
     model.eval()
@@ -69,16 +93,18 @@ def summarize(model: ResNet, image_size: int) -> list[StageRow]:
     rows = []
 
     def add(name: str, module: nnx.Module, fn: Callable, x: jax.Array) -> jax.Array:
-        out = jax.eval_shape(fn, x)
-        rows.append(StageRow(name, tuple(out.shape[1:]), count_params(module), count_macs(fn, x)))
+        graphdef, state = nnx.split(module)
+        out = jax.eval_shape(lambda s, y: fn(nnx.merge(graphdef, s), y), state, x)
+        rows.append(StageRow(name, tuple(out.shape[1:]), count_params(module),
+                             module_macs(module, fn, x)))
         return jnp.zeros(out.shape, out.dtype)
 
-    x = add("stem", model.stem, model.stem, x)
+    x = add("stem", model.stem, lambda m, y: m(y), x)
     for i, stage in enumerate(model.stages):
-        x = add(f"stage{i + 1} ({len(stage.blocks)} blocks)", stage, lambda y, s=stage: s(y)[0], x)
+        x = add(f"stage{i + 1} ({stage.num_blocks} blocks)", stage, lambda m, y: m(y)[0], x)
 
-    def head(y: jax.Array) -> jax.Array:
-        return model.head(jnp.mean(y, axis=(1, 2)))
+    def head(m: nnx.Module, y: jax.Array) -> jax.Array:
+        return m(jnp.mean(y, axis=(1, 2)))
 
     add("pool + fc", model.head, head, x)
     model.train()

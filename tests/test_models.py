@@ -229,3 +229,123 @@ def test_summary_cli_ends_with_json_and_rejects_bad_depth():
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------- how blocks run: scan, remat, conv
+
+
+@pytest.mark.parametrize("k,stride,size", [(3, 1, 8), (3, 2, 8), (3, 2, 7), (1, 2, 8), (7, 2, 15)])
+def test_canonical_conv_gradients_equal_xla_ones(k, stride, size):
+    from models.conv import NHWC, conv_general_dilated
+
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+    w = jax.random.normal(jax.random.key(1), (k, k, 3, 5))
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+    pad = ((k - 1) // 2,) * 2
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (stride,) * 2, (pad, pad),
+                                                 dimension_numbers=dn)))
+
+    want = jax.grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, w)
+    got = jax.grad(loss(conv_general_dilated), (0, 1))(x, w)
+    for g, h in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-5)
+
+
+def test_canonical_conv_backward_has_only_nhwc_hwio_convolutions():
+    """The point of the custom VJP: XLA:CPU runs these fast inside loops."""
+    from models.conv import NHWC, conv_general_dilated
+
+    x = jnp.ones((2, 8, 8, 3))
+    w = jnp.ones((3, 3, 3, 4))
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+    grad = jax.grad(lambda x, w: conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
+                                                      dimension_numbers=dn).sum(), (0, 1))
+    convs = [e for e in jax.make_jaxpr(grad)(x, w).jaxpr.eqns
+             if e.primitive.name == "conv_general_dilated"]
+    assert len(convs) == 2
+    assert all(e.params["dimension_numbers"] == dn for e in convs)
+
+
+def _unrolled_and_scanned(**cfg):
+    """Two models of one architecture, unrolled and scanned, holding the same weights."""
+    base = dict(family="cifar", depth=20, widths=(4, 8, 16), num_classes=3, in_channels=1, **cfg)
+    unrolled = models.build_model(base, seed=0)
+    scanned = models.build_model({**base, "scan_blocks": True}, seed=1)
+    for a, b in zip(unrolled.stages, scanned.stages, strict=True):
+        assert len(b.blocks) == 1 and b.num_blocks == len(a.blocks) == 3
+        nnx.update(b.blocks[0], nnx.state(a.blocks[0]))
+        rest = [nnx.state(block) for block in list(a.blocks)[1:]]
+        nnx.update(b.repeated, jax.tree.map(lambda *xs: jnp.stack(xs), *rest))
+    nnx.update(scanned.stem, nnx.state(unrolled.stem))
+    nnx.update(scanned.head, nnx.state(unrolled.head))
+    return unrolled, scanned
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_a_scanned_network_computes_what_the_unrolled_one_does(plain):
+    unrolled, scanned = _unrolled_and_scanned(plain=plain)
+    x = jax.random.normal(jax.random.key(2), (6, 8, 8, 1))
+
+    def loss(model, x):
+        return jnp.mean(jnp.square(model(x)))
+
+    grads = [nnx.grad(loss)(m, x) for m in (unrolled, scanned)]  # train mode: BN stats update
+    la, fa = unrolled(x, return_features=True)
+    lb, fb = scanned(x, return_features=True)
+    np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-5)
+    for key in ("block_outputs", "branch_responses"):
+        assert len(fa[key]) == len(fb[key]) == 9
+        for a, b in zip(fa[key], fb[key], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # The last block of stage 3 is the second entry of its stack.
+    a_block, b_stack = unrolled.stages[2].blocks[2], scanned.stages[2].repeated
+    np.testing.assert_allclose(a_block.unit1.bn.mean[...], b_stack.unit1.bn.mean[...][1],
+                               rtol=1e-5, atol=1e-6)
+    ga = grads[0]["stages"][2]["blocks"][2]["unit2"]["conv"]["kernel"][...]
+    gb = grads[1]["stages"][2]["repeated"]["unit2"]["conv"]["kernel"][...][1]
+    np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-6)
+
+
+def test_rematerialised_blocks_give_the_same_gradients():
+    plain_model = small_cifar(scan_blocks=True)
+    remat_model = small_cifar(scan_blocks=True, remat_blocks=True)
+    nnx.update(remat_model, nnx.state(plain_model))
+    x = jax.random.normal(jax.random.key(3), (4, 8, 8, 1))
+    loss = lambda m: jnp.sum(jnp.sin(m(x)))  # noqa: E731
+    for g, h in zip(jax.tree.leaves(nnx.grad(loss)(plain_model)),
+                    jax.tree.leaves(nnx.grad(loss)(remat_model)), strict=True):
+        np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-6)
+    # and the backward pass really recomputes: a remat (checkpoint) region is traced
+    graphdef, state = nnx.split(remat_model)
+    jaxpr = jax.make_jaxpr(lambda s: nnx.grad(lambda m: loss(m))(nnx.merge(graphdef, s)))(state)
+    from jax.extend.core.primitives import remat_p
+
+    from models.summary import iter_eqns
+
+    assert any(e.primitive is remat_p for e, _ in iter_eqns(jaxpr.jaxpr))
+
+
+def test_scanned_program_size_does_not_grow_with_depth():
+    """What makes ResNet-1202 compile like ResNet-20: one block body per stage."""
+    from models.summary import iter_eqns
+
+    def program(depth):
+        model = models.build_model(dict(family="cifar", depth=depth, scan_blocks=True))
+        graphdef, state = nnx.split(model)
+        x = jnp.zeros((1, 32, 32, 3))
+        jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(state, x).jaxpr
+        eqns = list(iter_eqns(jaxpr))
+        return len(eqns), sum(t for e, t in eqns if e.primitive.name == "conv_general_dilated")
+
+    (size_20, convs_20), (size_1202, convs_1202) = program(20), program(1202)
+    assert size_1202 == size_20
+    assert (convs_20, convs_1202) == (19, 1201)  # executed convolutions do grow
+
+
+def test_scanned_networks_keep_the_published_parameter_and_multiply_add_counts():
+    model = models.build_model(dict(family="cifar", depth=110, scan_blocks=True))
+    assert count_params(model) == 1_727_962
+    unrolled = models.build_model(dict(family="cifar", depth=110))
+    assert _macs(model, 32) == _macs(unrolled, 32)
