@@ -185,14 +185,17 @@ class InMemoryFeed:
         """``evaluate(params, batch_stats) -> {test_error, test_loss[, val_...]}``."""
 
         def sums(params, batch_stats, split, mean):
-            model = trainer.model(params, batch_stats)
-            model.eval()
-
-            def body(acc, batch):
+            def body(carry, batch):
+                # Parameters ride in the carry and the model is built inside the body:
+                # nnx.scan (scanned stages) refuses variables from an outer trace level.
+                acc, params, batch_stats = carry
+                model = trainer.model(params, batch_stats)
+                model.eval()
                 x = input_pipeline.normalize(batch["images"], mean)
-                return acc + eval_batch_sums(model, x, batch["labels"], batch["mask"]), None
+                acc = acc + eval_batch_sums(model, x, batch["labels"], batch["mask"])
+                return (acc, params, batch_stats), None
 
-            return jax.lax.scan(body, jnp.zeros(3), split)[0]
+            return jax.lax.scan(body, (jnp.zeros(3), params, batch_stats), split)[0][0]
 
         sums_fn = jax.jit(sums)
 
@@ -210,15 +213,16 @@ class InMemoryFeed:
         """``responses(params, batch_stats) -> std per block`` on the test split."""
 
         def sums(params, batch_stats, split, mean):
-            model = trainer.model(params, batch_stats)
-            model.eval()
-
-            def body(acc, batch):
+            def body(carry, batch):
+                acc, params, batch_stats = carry  # as in make_evaluate
+                model = trainer.model(params, batch_stats)
+                model.eval()
                 x = input_pipeline.normalize(batch["images"], mean)
-                return acc + response_batch_sums(model, x, batch["mask"]), None
+                acc = acc + response_batch_sums(model, x, batch["mask"])
+                return (acc, params, batch_stats), None
 
-            n = sum(s.num_blocks for s in model.stages)
-            return jax.lax.scan(body, jnp.zeros((n, 3)), split)[0]
+            n = sum(s.num_blocks for s in trainer.model(params, batch_stats).stages)
+            return jax.lax.scan(body, (jnp.zeros((n, 3)), params, batch_stats), split)[0][0]
 
         sums_fn = jax.jit(sums)
         return lambda params, batch_stats: std_from_sums(

@@ -338,7 +338,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     schedule = derive_schedule(config, feed.num_train)
     run = run_files.RunDir(workdir, is_writer=jax.process_index() == 0)
     run.prepare(config.to_dict(), allow_config_change=allow_config_change)
+    # Input is validated; a ValueError from here on is a bug, not bad input, and
+    # must not be reported as one (exit 2, "error: ...").
+    try:
+        return _run(config, workdir, mesh, feed, schedule, run, sig)
+    except ValueError as e:
+        raise RuntimeError(f"internal error after the input was validated: {e}") from e
 
+
+def _run(config: ml_collections.ConfigDict, workdir: str, mesh, feed, schedule,
+         run: run_files.RunDir, sig: _SignalFlag) -> dict:
     trainer, parts = build_trainer(config, mesh, schedule)
     num_params = sum(x.size for x in jax.tree.leaves(parts[1]))
     state = init_state(parts, config, mesh)

@@ -20,7 +20,7 @@ import pytest
 import distributed
 
 TINY = {
-    "model.depth": "8",
+    "model.depth": "14",
     "model.widths": "(4,8,16)",
     "batch_size": "32",
     "log_every_steps": "5",
@@ -45,7 +45,7 @@ def env_with_devices(n):
 
 
 def train_cmd(workdir, num_steps, *extra):
-    return [sys.executable, "train.py", "--config", "configs/digits.py:resnet-8",
+    return [sys.executable, "train.py", "--config", "configs/digits.py:resnet-14",
             "--workdir", str(workdir), f"--config.num_steps={num_steps}",
             *[f"--config.{k}={v}" for k, v in TINY.items()], *extra]
 

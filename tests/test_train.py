@@ -14,8 +14,8 @@ import pytest
 import config_loading
 import train
 
-TINY = {
-    "model.depth": "8",
+TINY = {  # depth 14: two blocks per stage, so the scanned-blocks path runs too
+    "model.depth": "14",
     "model.widths": "(4,8,16)",
     "batch_size": "32",
     "num_steps": "20",
@@ -25,7 +25,7 @@ TINY = {
 }
 
 
-def tiny_config(path="configs/digits.py:resnet-8", **overrides):
+def tiny_config(path="configs/digits.py:resnet-14", **overrides):
     return config_loading.load_config(path, {**TINY, **{k: str(v) for k, v in overrides.items()}})
 
 
@@ -41,7 +41,7 @@ def read_metrics(workdir):
 
 def train_cmd(workdir, *extra):
     args = [f"--config.{k}={v}" for k, v in TINY.items()]
-    return [sys.executable, "train.py", "--config", "configs/digits.py:resnet-8",
+    return [sys.executable, "train.py", "--config", "configs/digits.py:resnet-14",
             "--workdir", str(workdir), *args, *extra]
 
 
@@ -54,12 +54,12 @@ def test_a_run_writes_a_complete_run_directory(tmp_path):
     assert all(0 <= m["train_error"] <= 1 for m in lines)
     saved = load_json(tmp_path / "summary.json")
     assert saved == summary
-    assert summary["status"] == "finished" and summary["name"] == "resnet-8"
+    assert summary["status"] == "finished" and summary["name"] == "resnet-14"
     assert summary["final_test_error"] == lines[-1]["test_error"]
     assert summary["best_test_error"] == min(lines[1]["test_error"], lines[3]["test_error"])
-    assert load_json(tmp_path / "config.json")["model"]["depth"] == 8
+    assert load_json(tmp_path / "config.json")["model"]["depth"] == 14
     blocks = load_json(tmp_path / "layer_responses.json")["blocks"]
-    assert [b["stage"] for b in blocks] == [0, 1, 2] and all(b["std"] > 0 for b in blocks)
+    assert [b["stage"] for b in blocks] == [0, 0, 1, 1, 2, 2] and all(b["std"] > 0 for b in blocks)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
 
@@ -263,7 +263,7 @@ def test_bad_input_is_one_error_line_and_no_run_directory(tmp_path, capsys, args
 def test_resuming_with_a_different_config_is_refused(tmp_path, capsys):
     c = tiny_config(num_steps=5, layer_responses=False)
     train.train_and_evaluate(c, str(tmp_path))
-    args = ["--config", "configs/digits.py:resnet-8", "--workdir", str(tmp_path),
+    args = ["--config", "configs/digits.py:resnet-14", "--workdir", str(tmp_path),
             *[f"--config.{k}={v}" for k, v in TINY.items()], "--config.num_steps=5",
             "--config.layer_responses=False", "--config.optimizer.lr=0.2"]
     assert train.main(args) == 2
