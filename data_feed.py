@@ -108,6 +108,24 @@ def padded_eval_split(mesh, split: input_pipeline.Split, batch_size: int) -> dic
             for k, v in host.items()}
 
 
+def sum_over_split(trainer, batch_sums: Callable, init: jax.Array, params, batch_stats,
+                   split: dict[str, jax.Array], mean: jax.Array) -> jax.Array:
+    """Adds ``batch_sums(model, x, batch)`` over a padded split on device (one ``lax.scan``).
+
+    Parameters ride in the scan's carry and the model is built inside the body:
+    nnx.scan (scanned stages) refuses variables from an outer trace level.
+    """
+
+    def body(carry, batch):
+        acc, params, batch_stats = carry
+        model = trainer.model(params, batch_stats)
+        model.eval()
+        x = input_pipeline.normalize(batch["images"], mean)
+        return (acc + batch_sums(model, x, batch), params, batch_stats), None
+
+    return jax.lax.scan(body, (init, params, batch_stats), split)[0][0]
+
+
 class InMemoryFeed:
     """digits / CIFAR: held on device; batches sampled, augmented and normalised inside jit."""
 
@@ -185,17 +203,10 @@ class InMemoryFeed:
         """``evaluate(params, batch_stats) -> {test_error, test_loss[, val_...]}``."""
 
         def sums(params, batch_stats, split, mean):
-            def body(carry, batch):
-                # Parameters ride in the carry and the model is built inside the body:
-                # nnx.scan (scanned stages) refuses variables from an outer trace level.
-                acc, params, batch_stats = carry
-                model = trainer.model(params, batch_stats)
-                model.eval()
-                x = input_pipeline.normalize(batch["images"], mean)
-                acc = acc + eval_batch_sums(model, x, batch["labels"], batch["mask"])
-                return (acc, params, batch_stats), None
-
-            return jax.lax.scan(body, (jnp.zeros(3), params, batch_stats), split)[0][0]
+            return sum_over_split(
+                trainer, lambda model, x, batch: eval_batch_sums(
+                    model, x, batch["labels"], batch["mask"]),
+                jnp.zeros(3), params, batch_stats, split, mean)
 
         sums_fn = jax.jit(sums)
 
@@ -213,16 +224,10 @@ class InMemoryFeed:
         """``responses(params, batch_stats) -> std per block`` on the test split."""
 
         def sums(params, batch_stats, split, mean):
-            def body(carry, batch):
-                acc, params, batch_stats = carry  # as in make_evaluate
-                model = trainer.model(params, batch_stats)
-                model.eval()
-                x = input_pipeline.normalize(batch["images"], mean)
-                acc = acc + response_batch_sums(model, x, batch["mask"])
-                return (acc, params, batch_stats), None
-
             n = sum(s.num_blocks for s in trainer.model(params, batch_stats).stages)
-            return jax.lax.scan(body, (jnp.zeros((n, 3)), params, batch_stats), split)[0][0]
+            return sum_over_split(
+                trainer, lambda model, x, batch: response_batch_sums(model, x, batch["mask"]),
+                jnp.zeros((n, 3)), params, batch_stats, split, mean)
 
         sums_fn = jax.jit(sums)
         return lambda params, batch_stats: std_from_sums(

@@ -66,6 +66,7 @@ class ConvBN(nnx.Module):
         zero_scale: bool = False,
     ):
         pad = (kernel_size - 1) // 2
+        conv_fn = canonical_vjp_conv if opts.canonical_conv_vjp else jax.lax.conv_general_dilated
         self.conv = nnx.Conv(
             in_features,
             out_features,
@@ -74,8 +75,7 @@ class ConvBN(nnx.Module):
             padding=((pad, pad), (pad, pad)),
             use_bias=False,
             kernel_init=opts.kernel_init(),
-            conv_general_dilated=canonical_vjp_conv if opts.canonical_conv_vjp else (
-                jax.lax.conv_general_dilated),
+            conv_general_dilated=conv_fn,
             dtype=opts.dtype,
             param_dtype=opts.param_dtype,
             rngs=rngs,
