@@ -61,6 +61,20 @@ def response_batch_sums(model, x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.stack(rows)
 
 
+def dead_unit_fraction(model, x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Fraction of activation channels that are never positive on the real examples of ``x``.
+
+    A rectifier channel that outputs zero (or, for leaky variants, only its
+    negative slope) at every position of every example gets no useful
+    gradient: it is "dead". Counted over every activation of the network.
+    """
+    _, feats = model(x, return_features=True)
+    real = mask[:, None, None, None] > 0
+    dead = [jnp.logical_not(jnp.any((a > 0) & real, axis=(0, 1, 2)))
+            for a in feats["activations"]]
+    return sum(d.sum() for d in dead) / sum(d.size for d in dead)
+
+
 def std_from_sums(sums: np.ndarray) -> np.ndarray:
     """Per-block standard deviation from ``response_batch_sums`` totals."""
     mean = sums[:, 0] / sums[:, 2]
@@ -220,6 +234,19 @@ class InMemoryFeed:
 
         return evaluate
 
+    def make_dead_units(self, trainer) -> Callable[[Any, Any], float]:
+        """``dead(params, batch_stats)``: ``dead_unit_fraction`` on the first test batch."""
+
+        @jax.jit
+        def dead(params, batch_stats, split, mean):
+            model = trainer.model(params, batch_stats)
+            model.eval()
+            x = input_pipeline.normalize(split["images"][0], mean)
+            return dead_unit_fraction(model, x, split["mask"][0])
+
+        return lambda params, batch_stats: float(
+            dead(params, batch_stats, self.eval_splits["test"], self.mean))
+
     def make_responses(self, trainer) -> Callable[[Any, Any], np.ndarray]:
         """``responses(params, batch_stats) -> std per block`` on the test split."""
 
@@ -333,6 +360,22 @@ class StreamingFeed:
             return out
 
         return evaluate
+
+    def make_dead_units(self, trainer) -> Callable[[Any, Any], float]:
+        """``dead(params, batch_stats)``: ``dead_unit_fraction`` on the first test batch."""
+        mean, std = self.mean, self.std
+        batch_size = _eval_batch_size(self.config, self.mesh.devices.size)
+        first = next(iter(self._stream(self.eval_split_names["test"], batch_size, train=False)))
+        images, mask = self._global(first["image"]), self._global(first["mask"])
+
+        @jax.jit
+        def dead(params, batch_stats, images, mask):
+            model = trainer.model(params, batch_stats)
+            model.eval()
+            return dead_unit_fraction(model, input_pipeline.normalize(images, mean, std=std),
+                                      mask)
+
+        return lambda params, batch_stats: float(dead(params, batch_stats, images, mask))
 
     def make_responses(self, trainer) -> Callable[[Any, Any], np.ndarray]:
         mean, std = self.mean, self.std

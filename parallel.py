@@ -62,10 +62,12 @@ def bn_axis_name(batch_norm: str) -> str | None:
 
 
 def data_parallel_grads(loss_fn, mesh: Mesh):
-    """Wraps ``loss_fn(params, state, x, y) -> (loss, (aux, new_state))`` for data parallelism.
+    """Wraps ``loss_fn(params, state, x, y, rng) -> (loss, (aux, new_state))`` for data parallelism.
 
-    Returns ``f(params, state, x, y) -> (loss, aux, new_state, grads)`` where ``x, y`` are
-    sharded along the batch and everything else is replicated. Each device differentiates
+    Returns ``f(params, state, x, y, rng) -> (loss, aux, new_state, grads)`` where ``x, y`` are
+    sharded along the batch and everything else is replicated. Each device folds its
+    index into ``rng``, so dropout masks and stochastic-depth draws differ across devices
+    as they would across the examples of one big batch. Each device differentiates
     its own loss with respect to its own copy of the parameters (``pcast(to='varying')``
     makes the copies per-device, so no implicit reduction happens in the backward pass);
     gradients, losses,
@@ -74,15 +76,16 @@ def data_parallel_grads(loss_fn, mesh: Mesh):
     every device's parameters, so the average is still the gradient of the global loss.
     """
 
-    def differentiable(params, state, x, y):
+    def differentiable(params, state, x, y, rng):
         # Rebuild the (non-differentiated) state's containers inside this trace: NNX
         # refuses to update variables that were created at an outer trace level.
-        return loss_fn(params, jax.tree.map(lambda a: a, state), x, y)
+        return loss_fn(params, jax.tree.map(lambda a: a, state), x, y, rng)
 
-    def per_device(params, state, x, y):
+    def per_device(params, state, x, y, rng):
         local_params = jax.lax.pcast(params, DATA_AXIS, to="varying")
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(DATA_AXIS))
         (loss, (aux, new_state)), grads = jax.value_and_grad(differentiable, has_aux=True)(
-            local_params, state, x, y
+            local_params, state, x, y, rng
         )
         mean = lambda t: jax.lax.pmean(t, DATA_AXIS)  # noqa: E731
         return mean(loss), jax.tree.map(mean, aux), jax.tree.map(mean, new_state), mean(grads)
@@ -90,6 +93,6 @@ def data_parallel_grads(loss_fn, mesh: Mesh):
     return jax.shard_map(
         per_device,
         mesh=mesh,
-        in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS)),
+        in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS), P()),
         out_specs=P(),
     )

@@ -172,8 +172,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None) 
             f"unknown dataset {config.dataset!r}; known: "
             f"{', '.join(input_pipeline.KNOWN_DATASETS)}"
         )
-    models.spec_from_config(config.model)
-    models.layer_options_from_config(config.model)
+    models.validate_config(config.model)
     parallel.bn_axis_name(config.batch_norm)
     opt = config.optimizer
     if not (math.isfinite(opt.lr) and opt.lr > 0):
@@ -238,10 +237,10 @@ class Trainer:
     def model(self, params, batch_stats) -> models.ResNet:
         return nnx.merge(self.graphdef, params, batch_stats, self.rest)
 
-    def loss_fn(self, params, batch_stats, x, y):
+    def loss_fn(self, params, batch_stats, x, y, rng):
         model = self.model(params, batch_stats)
         model.train()
-        logits = model(x)
+        logits = model(x, rng=rng)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         error = jnp.mean(jnp.argmax(logits, -1) != y)
         return loss, (error, nnx.state(model, nnx.BatchStat))
@@ -249,7 +248,11 @@ class Trainer:
     def apply_gradients(self, state: TrainState, x, y) -> tuple[TrainState, jax.Array, jax.Array]:
         """One SGD step on a global batch already laid out along the mesh."""
         grads_fn = parallel.data_parallel_grads(self.loss_fn, self.mesh)
-        loss, error, batch_stats, grads = grads_fn(state.params, state.batch_stats, x, y)
+        # Dropout, stochastic depth and RReLU draw from a stream of their own, a pure
+        # function of (seed, step): a resumed run makes the draws an uninterrupted one would.
+        rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed), 3),
+                                 state.step)
+        loss, error, batch_stats, grads = grads_fn(state.params, state.batch_stats, x, y, rng)
         lr = learning_rate(self.config, self.schedule, state.step, state.warm)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
@@ -361,6 +364,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, feed, schedule,
 
     chunk_fn = feed.make_train_chunk(trainer, start)
     evaluate = feed.make_evaluate(trainer)
+    dead_units = (feed.make_dead_units(trainer)
+                  if config.dead_units and config.model.activation in models.RECTIFIERS else None)
 
     progress = run_files.Progress(schedule.total_steps, start, config.log_every_steps)
     t0, t_log, step = time.time(), time.time(), start
@@ -384,6 +389,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, feed, schedule,
         }
         if step % config.eval_every_steps == 0 or step == schedule.total_steps:
             line.update(evaluate(state.params, state.batch_stats))
+            if dead_units is not None:
+                line["dead_units"] = dead_units(state.params, state.batch_stats)
         with _writing("metrics", step, ckpt):
             run.metrics.append(line)
         progress.update(line)

@@ -23,16 +23,31 @@ def get_config() -> ml_collections.ConfigDict:
     )
 
     c.model = ml_collections.ConfigDict()
-    c.model.family = "cifar"  # 'cifar' (6n+2) | 'imagenet' (18/34/50/101/152)
+    # 'cifar' (6n+2 basic, 9n+2 bottleneck) | 'imagenet' (18/34/50/101/152) | 'wrn' (6n+4)
+    c.model.family = "cifar"
     c.model.depth = 20
     c.model.plain = False
-    c.model.shortcut = placeholder(str)  # A | B | C; None = the paper's default for the net
+    # CIFAR family: 'basic' | 'bottleneck'; None = basic, bottleneck at depths 164 and 1001
+    c.model.block = placeholder(str)
+    c.model.preact = False  # pre-activation ordering (He et al. 2016); WRNs always use it
+    c.model.width_factor = 1  # WRN-d-k's k (family 'wrn' only)
+    c.model.shortcut = placeholder(str)  # A | B | C; None = the published default for the net
     c.model.num_classes = 10
     c.model.in_channels = 3
     c.model.widths = placeholder(tuple)  # None = family default (16, 32, 64)
     c.model.stem = placeholder(str)  # None = the family's own
     c.model.bottleneck_stride = "first"  # 'first' (paper) | 'middle' (torchvision v1.5)
-    c.model.init_mode = "fan_in"  # He normal over fan-in (Caffe MSRAFiller) | 'fan_out'
+    c.model.init = "he"  # 'he' sqrt(2/n) (paper) | 'xavier' sqrt(1/n) | 'small' 0.01 | 'zeros'
+    c.model.init_mode = "fan_in"  # n = fan-in (paper, Caffe MSRAFiller) | 'fan_out' | 'fan_avg'
+    # 'relu' (paper) | 'leaky_relu' | 'prelu' (learned, per channel) | 'rrelu' | 'tanh' | 'sigmoid'
+    c.model.activation = "relu"
+    c.model.activation_slope = 0.01  # leaky_relu's negative slope
+    # Stochastic depth (Huang et al. 2016): residual branches dropped at random in training,
+    # block l of L surviving with 1 - l/L * (1 - survival_last); all kept (scaled) at test.
+    c.model.stochastic_depth = False
+    c.model.survival_last = 0.5
+    c.model.block_dropout = 0.0  # dropout between a basic block's two convs (WRN: 0.3)
+    c.model.head_dropout = 0.0  # dropout before the classifier
     c.model.zero_init_residual = False
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.model.param_dtype = "float32"
@@ -76,25 +91,52 @@ def get_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.eval_batch_size = 500
     c.layer_responses = True  # write layer_responses.json (paper's Fig. 7) at the end
+    # Log, at every evaluation, the fraction of rectifier units (channels) that never
+    # activate on a fixed batch of training images ('dead_units'); rectifier nets only.
+    c.dead_units = True
     c.seed = 0
     # One dispatch per log interval (lax.fori_loop) instead of one per step.
     c.loop_on_device = True
     return c
 
 
+NETWORK_NAMES = "plain-DEPTH, resnet-DEPTH, preact-DEPTH, plain-preact-DEPTH or wrn-DEPTH-K"
+
+
+def apply_network_name(config: ml_collections.ConfigDict, net: str) -> None:
+    """Sets the model keys a network name stands for: ``resnet-56``, ``preact-164``, ``wrn-28-10``.
+
+    The family is kept for plain/resnet/preact names (so ``configs/imagenet.py:resnet-50``
+    stays an ImageNet net); ``wrn`` sets the WRN family.
+    """
+    parts = net.split("-")
+    if parts[0] == "wrn" and len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        config.model.family = "wrn"
+        config.model.plain = False
+        config.model.depth, config.model.width_factor = int(parts[1]), int(parts[2])
+        return
+    kind, depth = "-".join(parts[:-1]), parts[-1]
+    kinds = {"plain": (True, False), "resnet": (False, False), "preact": (False, True),
+             "plain-preact": (True, True)}
+    if kind not in kinds or not depth.isdigit():
+        raise ValueError(f"network name {net!r} must be {NETWORK_NAMES}, e.g. resnet-56, "
+                         "preact-164 or wrn-28-10")
+    config.model.plain, config.model.preact = kinds[kind]
+    config.model.depth = int(depth)
+
+
 def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies ``plain-56`` / ``resnet-110,shortcut=B,seed=3`` to ``config`` (in place)."""
+    """Applies ``plain-56`` / ``resnet-110,shortcut=B,seed=3`` / ``wrn-28-10`` to ``config``."""
     if not arg:
         return config
     net, *pairs = arg.split(",")
-    kind, _, depth = net.partition("-")
-    if kind not in ("plain", "resnet") or not depth.isdigit():
+    try:
+        apply_network_name(config, net)
+    except ValueError:
         raise ValueError(
-            f"config argument {arg!r} must start with plain-DEPTH or resnet-DEPTH, "
-            "e.g. resnet-56 or plain-20,seed=3"
-        )
-    config.model.plain = kind == "plain"
-    config.model.depth = int(depth)
+            f"config argument {arg!r} must start with {NETWORK_NAMES}, "
+            "e.g. resnet-56, preact-164, wrn-28-10 or plain-20,seed=3"
+        ) from None
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:

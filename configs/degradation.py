@@ -14,6 +14,10 @@ Each study is a base config (``get_config(arg)``) plus the list of runs
   ``cifar10,seeds=5`` repeats every run with 5 seeds (paper: 6.61 +- 0.16 over
   5 runs of ResNet-110).
 - ``imagenet``: plain and residual 18 and 34 (Table 2 / Fig. 4), option A.
+- ``card``: the 18/34/56/110-layer comparison on one dataset, CIFAR-10 with the
+  paper's CIFAR recipe: plain and residual 18 and 34 (ImageNet basic blocks,
+  widths 64-512, with the CIFAR stem: 3x3/1 conv, no max-pool) and 56 and 110
+  (the CIFAR family), in one figure and one table.
 
 Run the main job (and its report) with:
     python -m experiments.sweep configs/degradation.py --workdir runs/degradation
@@ -24,7 +28,7 @@ import ml_collections
 
 from configs import cifar10, digits, imagenet
 
-STUDIES = ("digits", "digits-full", "cifar10", "imagenet")
+STUDIES = ("digits", "digits-full", "cifar10", "imagenet", "card")
 
 
 def _parse(arg: str | None) -> tuple[str, dict]:
@@ -47,7 +51,7 @@ def get_config(arg: str | None = "digits") -> ml_collections.ConfigDict:
     study, _ = _parse(arg)
     if study.startswith("digits"):
         return digits.get_config("resnet-20")
-    if study == "cifar10":
+    if study in ("cifar10", "card"):
         return cifar10.get_config("resnet-20")
     return imagenet.get_config("resnet-18")
 
@@ -59,6 +63,7 @@ def sweep(add, arg: str | None = "digits") -> None:
         "digits-full": (20, 32, 44, 56, 110),
         "cifar10": (20, 32, 44, 56, 110),
         "imagenet": (18, 34),
+        "card": (18, 34, 56, 110),
     }[study]
     runs = [(d, plain) for plain in (True, False) for d in depths]
     if options["1202"]:
@@ -68,6 +73,9 @@ def sweep(add, arg: str | None = "digits") -> None:
             overrides = {"model.depth": depth, "model.plain": plain}
             if options["seeds"] > 1:
                 overrides["seed"] = seed
-            if study == "cifar10" and depth >= 110:
+            if study == "card" and depth in (18, 34):
+                overrides["model.family"] = "imagenet"
+                overrides["model.stem"] = "cifar"
+            if study in ("cifar10", "card") and depth >= 110:
                 overrides["schedule.warmup_until_error"] = 0.8  # the paper's ResNet-110 rule
             add(**overrides)

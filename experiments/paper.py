@@ -1,4 +1,4 @@
-"""Reference numbers from He et al. (2015), to print beside ours. Plain data only."""
+"""Reference numbers from He et al. (2015) and its follow-ups, to print beside ours. Data only."""
 
 from __future__ import annotations
 
@@ -23,3 +23,43 @@ def paper_test_error(dataset: str, plain: bool, depth: int) -> float | None:
     if dataset == "imagenet2012":
         return IMAGENET_TOP1_ERROR.get((plain, depth))
     return None
+
+
+# CIFAR-10 test error % of the follow-ups, keyed by (architecture, depth):
+# He et al. (2016), "Identity Mappings in Deep Residual Networks", Table 3 (original and
+# pre-activation; 164 and 1001 are bottleneck nets); Huang et al. (2016), stochastic depth
+# (ResNet-110, linear decay to 0.5); Zagoruyko & Komodakis (2016), WRN-28-10 without dropout.
+CIFAR10_FOLLOW_UP_TEST_ERROR = {
+    ("original", 164): 5.93,
+    ("original", 1001): 7.61,
+    ("preact", 110): 6.37,
+    ("preact", 164): 5.46,
+    ("preact", 1001): 4.92,
+    ("stochastic_depth", 110): 5.25,
+    ("wrn-10", 28): 4.00,
+}
+
+
+def published_test_error(dataset: str, model: dict) -> float | None:
+    """The published test error % for the network a flattened ``config.model`` describes.
+
+    ``model`` maps the keys of ``config.model`` (without the prefix) to values;
+    missing keys take their defaults (the paper's original nets).
+    """
+    family, depth = model.get("family", "cifar"), model.get("depth")
+    plain = bool(model.get("plain", False))
+    preact, sd = bool(model.get("preact", False)), bool(model.get("stochastic_depth", False))
+    if family == "imagenet" and model.get("stem") == "cifar":
+        return None  # not a published net
+    if dataset == "cifar10" and not plain:
+        if family == "wrn":
+            return CIFAR10_FOLLOW_UP_TEST_ERROR.get((f"wrn-{model.get('width_factor', 1)}", depth))
+        if sd and not preact:
+            return CIFAR10_FOLLOW_UP_TEST_ERROR.get(("stochastic_depth", depth))
+        if sd:
+            return None
+        if preact or depth in (164, 1001):
+            return CIFAR10_FOLLOW_UP_TEST_ERROR.get(("preact" if preact else "original", depth))
+    if family == "wrn" or preact or sd:
+        return None
+    return paper_test_error(dataset, plain, depth)

@@ -27,6 +27,9 @@ from experiments import paper
 # Two training errors closer than this (in percentage points) count as equal.
 TOLERANCE_PP = 0.5
 IGNORED_KEYS = ("seed",)
+# Keys that the row label already names (the architecture), never listed as a variant.
+ARCH_KEYS = ("model.depth", "model.plain", "model.family", "model.preact", "model.width_factor",
+             "model.stochastic_depth", "model.block", "model.stem")
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Row:
     best_test_error: float | None = None
     paper_error: float | None = None
     status: str = ""
+    arch: str = ""  # the architecture besides depth and shortcuts ('' = the paper's nets)
 
 
 def _pct(v) -> float | None:
@@ -93,6 +97,22 @@ def _label(plain: bool, depth: int) -> str:
     return f"plain-{depth}" if plain else f"ResNet-{depth}"
 
 
+def network_label(flat: dict) -> tuple[str, str]:
+    """(row label, architecture) of a flattened config: ``pre-act ResNet-164``, ``WRN-28-10``."""
+    depth, plain = int(flat["model.depth"]), bool(flat["model.plain"])
+    if flat.get("model.family") == "wrn":
+        k = flat.get("model.width_factor", 1)
+        arch = f"WRN-k{k}"
+        label = f"{'plain ' if plain else ''}WRN-{depth}-{k}"
+    else:
+        arch = "pre-act" if flat.get("model.preact") else ""
+        label = (f"{arch} " if arch else "") + _label(plain, depth)
+    if flat.get("model.stochastic_depth"):
+        arch = f"{arch} + stoch. depth".strip(" +")
+        label += " + stoch. depth"
+    return label, arch
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     values = [v for v in values if v is not None]
     if not values:
@@ -101,20 +121,27 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def build_rows(runs: list[Run]) -> list[Row]:
-    """Groups runs that differ only in their seed into one row each."""
+    """Groups runs that differ only in their seed into one row each.
+
+    A config key is listed as a row's variant only where it tells apart runs of
+    the same network: keys that follow from the network (a recipe for depth
+    110, the ImageNet family of the 18/34-layer nets of a CIFAR study) do not.
+    """
     flat = [run_files.flatten(r.config) for r in runs]
+    names = [(f.get("dataset"), *network_label(f)) for f in flat]
     keys = sorted(set().union(*flat))
-    varying = [k for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1
-               and k not in ("model.depth", "model.plain", *IGNORED_KEYS)]
+    varying = [k for k in keys if k not in (*ARCH_KEYS, *IGNORED_KEYS) and any(
+        len({json.dumps(f.get(k)) for f, n in zip(flat, names, strict=True) if n == name}) > 1
+        for name in set(names))]
     groups: dict[tuple, list[Run]] = defaultdict(list)
-    for run, f in zip(runs, flat, strict=True):
+    for run, f, (dataset, label, arch) in zip(runs, flat, names, strict=True):
         variant = ",".join(f"{k.split('.')[-1]}={f.get(k)}" for k in varying)
-        groups[(f.get("dataset"), bool(f["model.plain"]), int(f["model.depth"]), variant)].append(
-            run)
+        groups[(dataset, bool(f["model.plain"]), int(f["model.depth"]), label, arch,
+                variant)].append(run)
     rows = []
-    for (dataset, plain, depth, variant), members in groups.items():
-        row = Row(_label(plain, depth) + (f" ({variant})" if variant else ""), dataset, depth,
-                  plain, variant, members)
+    for (dataset, plain, depth, label, arch, variant), members in groups.items():
+        row = Row(label + (f" ({variant})" if variant else ""), dataset, depth, plain, variant,
+                  members, arch=arch)
         finished = [r for r in members if r.summary and r.summary.get("final_train_error")
                     is not None]
         row.params = next((r.summary.get("params") for r in members
@@ -126,10 +153,13 @@ def build_rows(runs: list[Run]) -> list[Row]:
         bests = [_pct(r.summary.get("best_test_error")) for r in finished]
         bests = [b for b in bests if b is not None]
         row.best_test_error = min(bests) if bests else None
-        row.paper_error = paper.paper_test_error(dataset, plain, depth)
+        model_keys = {k.removeprefix("model."): v
+                      for k, v in run_files.flatten(members[0].config).items()
+                      if k.startswith("model.")}
+        row.paper_error = paper.published_test_error(dataset, model_keys)
         row.status = _status_text(members)
         rows.append(row)
-    rows.sort(key=lambda r: (r.variant, not r.plain, r.depth))
+    rows.sort(key=lambda r: (r.variant, r.arch, not r.plain, r.depth))
     return rows
 
 
@@ -156,8 +186,8 @@ def _fmt(v: float | None, std: float | None = None) -> str:
 def verdicts(rows: list[Row]) -> list[str]:
     """Plain-language findings from the rows (training error, mean over seeds)."""
     lines = []
-    for variant in sorted({r.variant for r in rows}):
-        group = [r for r in rows if r.variant == variant]
+    for variant, arch in sorted({(r.variant, r.arch) for r in rows}):
+        group = [r for r in rows if (r.variant, r.arch) == (variant, arch)]
         suffix = f" [{variant}]" if variant else ""
         plain = sorted((r for r in group if r.plain), key=lambda r: r.depth)
         res = sorted((r for r in group if not r.plain), key=lambda r: r.depth)
@@ -196,6 +226,35 @@ def verdicts(rows: list[Row]) -> list[str]:
                     if r.test_error is not None and p.test_error is not None else "")
             lines.append(f"At depth {p.depth} the residual net {word} the plain net: "
                          f"train {er:.1f}% vs {ep:.1f}%{test}.{suffix}")
+    return lines + failure_verdicts(rows) + ranking_verdicts(rows)
+
+
+def failure_verdicts(rows: list[Row]) -> list[str]:
+    """Nets whose final training error is within 5 points of chance: they did not learn."""
+    lines = []
+    for row in rows:
+        classes = (row.runs[0].config.get("model") or {}).get("num_classes")
+        if row.train_error is None or not classes:
+            continue
+        chance = 100.0 * (1 - 1 / classes)
+        if row.train_error >= chance - 5.0:
+            lines.append(f"{row.label} fails to learn: final training error {row.train_error:.1f}% "
+                         f"(chance: {chance:.1f}%).")
+    return lines
+
+
+def ranking_verdicts(rows: list[Row]) -> list[str]:
+    """Where several nets share a depth (a knob or variant study), rank them by test error."""
+    lines = []
+    for depth, plain in sorted({(r.depth, r.plain) for r in rows}):
+        group = [r for r in rows if (r.depth, r.plain) == (depth, plain)
+                 and r.test_error is not None]
+        if len(group) < 2:
+            continue
+        group.sort(key=lambda r: r.test_error)
+        ranked = ", ".join(f"{r.label} {r.test_error:.1f}%" for r in group)
+        lines.append(f"Depth {depth} ({'plain' if plain else 'residual'}), by final test error: "
+                     f"{ranked}.")
     return lines
 
 
@@ -225,8 +284,13 @@ def _colours(rows: list[Row]) -> dict[int, str]:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     palette = plt.get_cmap("tab10").colors
-    depths = sorted({r.depth for r in rows})
-    return {d: palette[i % len(palette)] for i, d in enumerate(depths)}
+    nets = sorted({_colour_key(r) for r in rows})
+    return {n: palette[i % len(palette)] for i, n in enumerate(nets)}
+
+
+def _colour_key(row: Row) -> tuple:
+    """A plain net and its residual counterpart share a colour (they sit in separate panels)."""
+    return (row.depth, row.arch, row.variant)
 
 
 def plot_curves(rows: list[Row], out_base: str) -> list[str]:
@@ -241,7 +305,7 @@ def plot_curves(rows: list[Row], out_base: str) -> list[str]:
     top = 0.0
     for ax, plain in zip(axes, (True, False), strict=True):
         for row in (r for r in rows if r.plain == plain):
-            c = colours[row.depth]
+            c = colours[_colour_key(row)]
             steps, train = _curve(row.runs, "train_error")
             ax.plot(steps, train, "--", color=c, linewidth=1.0)
             steps_t, test = _curve(row.runs, "test_error")
@@ -280,7 +344,7 @@ def plot_responses(rows: list[Row], out_base: str) -> list[str]:
         if not stds:
             continue
         mean = [statistics.fmean(v) for v in zip(*stds, strict=False)]
-        style = dict(color=colours[row.depth], linestyle="--" if row.plain else "-",
+        style = dict(color=colours[_colour_key(row)], linestyle="--" if row.plain else "-",
                      label=row.label)
         ax1.plot(range(1, len(mean) + 1), mean, **style)
         ax2.plot(range(1, len(mean) + 1), sorted(mean, reverse=True), **style)

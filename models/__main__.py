@@ -16,8 +16,10 @@ from models.summary import summarize
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
-    p.add_argument("family", help="cifar | imagenet")
-    p.add_argument("depth", type=int, help="6n+2 for cifar; 18/34/50/101/152 for imagenet")
+    p.add_argument("family", help="cifar | imagenet | wrn")
+    p.add_argument("depth", type=int,
+                   help="cifar: 6n+2 (basic) or 9n+2 (bottleneck); imagenet: 18/34/50/101/152; "
+                        "wrn: 6n+4")
     p.add_argument("--plain", action="store_true", help="no shortcuts")
     p.add_argument("--shortcut", default=None, help="A | B | C (default: the paper's)")
     p.add_argument("--num-classes", type=int, default=None, help="default 10 / 1000")
@@ -25,6 +27,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--bottleneck-stride", default="first", help="first (paper) | middle (v1.5)")
     p.add_argument("--stem", default=None, help="cifar | imagenet (ImageNet family only)")
+    p.add_argument("--block", default=None, help="basic | bottleneck (CIFAR family)")
+    p.add_argument("--preact", action="store_true", help="pre-activation ordering (He 2016)")
+    p.add_argument("--width-factor", type=int, default=None, help="WRN's k (family wrn)")
     return p.parse_args(argv)
 
 
@@ -40,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         "in_channels": args.in_channels,
         "bottleneck_stride": args.bottleneck_stride,
         "stem": args.stem,
+        "block": args.block,
+        "preact": args.preact,
+        "width_factor": args.width_factor,
     }
     image_size = args.image_size or (224 if imagenet and args.stem != "cifar" else 32)
     try:
@@ -51,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = model.spec
     rows = summarize(model, image_size)
-    print(f"{spec.name} ({spec.family} family, {spec.block} blocks", end="")
+    order = ", pre-activation" if spec.preact else ""
+    print(f"{spec.name} ({spec.family} family, {spec.block} blocks{order}", end="")
     if spec.block == "bottleneck":
         where = "first 1x1 conv (paper)" if spec.bottleneck_stride == "first" else "3x3 conv (v1.5)"
         print(f", stride on the {where}", end="")
@@ -74,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                 "flops": macs,
                 "image_size": image_size,
                 "bottleneck_stride": spec.bottleneck_stride,
+                "block": spec.block,
+                "preact": spec.preact,
+                "name": spec.name,
             }
         )
     )

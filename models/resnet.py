@@ -1,15 +1,26 @@
-"""Plain and residual networks of He et al. (2015), CIFAR and ImageNet families.
+"""Plain and residual networks: He et al. (2015) and the follow-ups researchers compare against.
 
-One ``ResNet`` class covers both families: a stem, stages of blocks and a
+One ``ResNet`` class covers every family: a stem, stages of blocks and a
 global-average-pool + linear head. The families differ only in their
-``NetworkSpec`` (stem, block type, blocks per stage, widths), built by
-``cifar_spec`` and ``imagenet_spec`` from a depth.
+``NetworkSpec`` (stem, block type, blocks per stage, widths, layer order),
+built from a depth by ``cifar_spec``, ``imagenet_spec`` and ``wrn_spec``.
 
 - CIFAR (paper Sec. 4.2): depth 6n+2; 3x3 stem with 16 filters; three stages
   of n basic blocks with 16/32/64 filters; the first block of stages 2 and 3
-  downsamples with a stride-2 conv.
+  downsamples with a stride-2 conv. With bottleneck blocks (He et al. 2016's
+  ResNet-164 and ResNet-1001) the depth is 9n+2 and the stages output
+  64/128/256 channels.
 - ImageNet (paper Table 1): 7x7/2 stem + 3x3/2 max-pool; basic blocks for
-  18/34 and bottlenecks for 50/101/152.
+  18/34 and bottlenecks for 50/101/152. ``stem='cifar'`` swaps in the CIFAR
+  stem (3x3/1, no max-pool) so these nets run on 32x32 images.
+- Wide ResNets (Zagoruyko & Komodakis 2016): WRN-d-k, depth 6n+4,
+  pre-activation basic blocks with 16k/32k/64k filters.
+
+``preact=True`` gives the pre-activation ordering of He et al. (2016): blocks
+are BN-ReLU-conv, the CIFAR stem is a bare conv, and the net ends with
+BN-ReLU before the pooling. Stochastic depth (Huang et al. 2016) drops each
+residual branch with a probability growing linearly with its depth, up to
+``1 - survival_last`` for the last block.
 """
 
 from __future__ import annotations
@@ -18,9 +29,21 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from models.blocks import SHORTCUT_OPTIONS, BasicBlock, BottleneckBlock, ConvBN, LayerOptions
+from models.blocks import (
+    SHORTCUT_OPTIONS,
+    BasicBlock,
+    BNAct,
+    BottleneckBlock,
+    LayerOptions,
+    PreActBasicBlock,
+    PreActBottleneckBlock,
+    fold,
+    make_bn,
+    make_conv,
+)
 
 IMAGENET_STAGES = {
     18: ("basic", (2, 2, 2, 2)),
@@ -30,6 +53,7 @@ IMAGENET_STAGES = {
     152: ("bottleneck", (3, 8, 36, 3)),
 }
 STEMS = ("cifar", "imagenet")
+BLOCKS = ("basic", "bottleneck")
 BOTTLENECK_STRIDES = ("first", "middle")
 
 
@@ -37,7 +61,7 @@ BOTTLENECK_STRIDES = ("first", "middle")
 class NetworkSpec:
     """Everything that defines a network's architecture, independent of its parameters."""
 
-    family: str  # 'cifar' or 'imagenet'
+    family: str  # 'cifar', 'imagenet' or 'wrn'
     depth: int
     block: str  # 'basic' or 'bottleneck'
     stage_sizes: tuple[int, ...]
@@ -49,10 +73,19 @@ class NetworkSpec:
     num_classes: int = 10
     in_channels: int = 3
     bottleneck_stride: str = "first"
+    preact: bool = False
+    width_factor: int = 1  # Wide ResNets' k (name only; widths already include it)
 
     @property
     def name(self) -> str:
-        return f"{'plain' if self.plain else 'resnet'}-{self.depth}"
+        if self.family == "wrn":
+            return f"{'plain-' if self.plain else ''}wrn-{self.depth}-{self.width_factor}"
+        kind = "plain" if self.plain else "resnet"
+        return f"preact-{kind}-{self.depth}" if self.preact else f"{kind}-{self.depth}"
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(self.stage_sizes)
 
     def validate(self) -> None:
         if self.shortcut not in SHORTCUT_OPTIONS:
@@ -61,6 +94,8 @@ class NetworkSpec:
             )
         if self.stem not in STEMS:
             raise ValueError(f"unknown stem {self.stem!r}; allowed: {', '.join(STEMS)}")
+        if self.block not in BLOCKS:
+            raise ValueError(f"unknown block {self.block!r}; allowed: {', '.join(BLOCKS)}")
         if self.bottleneck_stride not in BOTTLENECK_STRIDES:
             raise ValueError(
                 f"unknown bottleneck_stride {self.bottleneck_stride!r}; allowed: "
@@ -79,22 +114,28 @@ class NetworkSpec:
             raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
 
 
-def cifar_spec(depth: int, *, widths: tuple[int, ...] = (16, 32, 64), **kw) -> NetworkSpec:
-    """The paper's CIFAR network of depth 6n+2 (20, 32, 44, 56, 110, 1202, ...)."""
-    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+def cifar_spec(depth: int, *, block: str = "basic", widths: tuple[int, ...] = (16, 32, 64),
+               **kw) -> NetworkSpec:
+    """The paper's CIFAR network: depth 6n+2 with basic blocks, 9n+2 with bottlenecks."""
+    per_block = {"basic": 2, "bottleneck": 3}
+    if block not in per_block:
+        raise ValueError(f"unknown block {block!r}; allowed: {', '.join(BLOCKS)}")
+    k = 3 * per_block[block]
+    if not isinstance(depth, int) or depth < k + 2 or (depth - 2) % k:
+        examples = ("8, 14, 20, 32, 44, 56, 110, 1202" if block == "basic"
+                    else "11, 29, 47, 164, 1001")
         raise ValueError(
-            f"CIFAR depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...), "
+            f"CIFAR depth with {block} blocks must be {k}n+2 with n >= 1 ({examples}, ...), "
             f"got {depth}"
         )
-    n = (depth - 2) // 6
     widths = tuple(widths)
     if len(widths) != 3:
         raise ValueError(f"CIFAR widths must have one entry per stage (3), got {widths}")
     return NetworkSpec(
         family="cifar",
         depth=depth,
-        block="basic",
-        stage_sizes=(n,) * len(widths),
+        block=block,
+        stage_sizes=((depth - 2) // k,) * 3,
         widths=widths,
         stem="cifar",
         stem_width=widths[0],
@@ -123,16 +164,50 @@ def imagenet_spec(
     )
 
 
+def wrn_spec(depth: int, width_factor: int, **kw) -> NetworkSpec:
+    """WRN-depth-k (Zagoruyko & Komodakis 2016): 6n+4 layers, 16k/32k/64k, pre-activation."""
+    if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+        raise ValueError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 28, 40, ...), got {depth}")
+    if not isinstance(width_factor, int) or width_factor < 1:
+        raise ValueError(f"WRN width factor k must be a positive integer, got {width_factor}")
+    kw["preact"] = True
+    return NetworkSpec(
+        family="wrn",
+        depth=depth,
+        block="basic",
+        stage_sizes=((depth - 4) // 6,) * 3,
+        widths=(16 * width_factor, 32 * width_factor, 64 * width_factor),
+        stem="cifar",
+        stem_width=16,
+        width_factor=width_factor,
+        **kw,
+    )
+
+
+def survival_probabilities(num_blocks: int, survival_last: float) -> tuple[float, ...]:
+    """Huang et al. (2016)'s linear decay: block l of L survives with 1 - l/L (1 - p_L)."""
+    return tuple(1.0 - (i + 1) / num_blocks * (1.0 - survival_last) for i in range(num_blocks))
+
+
 class Stem(nnx.Module):
-    """CIFAR: 3x3/1 conv-BN-ReLU. ImageNet: 7x7/2 conv-BN-ReLU then 3x3/2 max-pool."""
+    """CIFAR: 3x3/1 conv (+BN-act). ImageNet: 7x7/2 conv-BN-act then 3x3/2 max-pool.
+
+    A pre-activation CIFAR-style stem is the bare conv: the first block
+    normalises and activates its input itself.
+    """
 
     def __init__(self, spec: NetworkSpec, opts: LayerOptions, *, rngs: nnx.Rngs):
         self.max_pool = spec.stem == "imagenet"
         k, s = (7, 2) if self.max_pool else (3, 1)
-        self.unit = ConvBN(spec.in_channels, spec.stem_width, k, s, opts, rngs=rngs)
+        self.conv = make_conv(spec.in_channels, spec.stem_width, k, s, opts, rngs)
+        bare = spec.preact and not self.max_pool
+        self.bn = None if bare else make_bn(spec.stem_width, opts, rngs)
+        self.act = None if bare else opts.activation_module(spec.stem_width)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = nnx.relu(self.unit(x))
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.act(self.bn(x), rng)
         if self.max_pool:
             x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         return x
@@ -140,19 +215,24 @@ class Stem(nnx.Module):
 
 def make_block(
     spec: NetworkSpec, in_features: int, width: int, stride: int, opts: LayerOptions,
-    rngs: nnx.Rngs,
-) -> BasicBlock | BottleneckBlock:
+    rngs: nnx.Rngs, *, stochastic_depth: bool = False, preact_input: bool = True,
+) -> nnx.Module:
     """One block of the network's type; plain nets get the same layers without shortcut."""
+    kw = dict(residual=not spec.plain, shortcut=spec.shortcut, opts=opts, rngs=rngs,
+              stochastic_depth=stochastic_depth)
+    if spec.preact:
+        kw["preact_input"] = preact_input
+        if spec.block == "basic":
+            return PreActBasicBlock(in_features, width, stride, **kw)
+        return PreActBottleneckBlock(in_features, width, stride,
+                                     stride_on=spec.bottleneck_stride, **kw)
     if spec.block == "basic":
-        return BasicBlock(in_features, width, stride, residual=not spec.plain,
-                          shortcut=spec.shortcut, opts=opts, rngs=rngs)
-    return BottleneckBlock(in_features, width, stride, residual=not spec.plain,
-                           shortcut=spec.shortcut, opts=opts, rngs=rngs,
-                           stride_on=spec.bottleneck_stride)
+        return BasicBlock(in_features, width, stride, **kw)
+    return BottleneckBlock(in_features, width, stride, stride_on=spec.bottleneck_stride, **kw)
 
 
-def _call_block(block: nnx.Module, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return block(x)
+def _call_block(block: nnx.Module, x: jax.Array, rng: jax.Array | None, survival):
+    return block(x, rng, survival)
 
 
 class Stage(nnx.Module):
@@ -163,6 +243,7 @@ class Stage(nnx.Module):
     parameter, in ``self.repeated``) and run by ``nnx.scan``: one compiled
     block body per stage whatever the depth (ResNet-1202's 200 blocks per
     stage compile like one). Otherwise all blocks are in ``self.blocks``.
+    ``survivals`` holds each block's stochastic-depth survival probability.
     """
 
     def __init__(
@@ -175,94 +256,150 @@ class Stage(nnx.Module):
         opts: LayerOptions,
         *,
         rngs: nnx.Rngs,
+        survivals: tuple[float, ...] | None = None,
+        preact_first: bool = True,
     ):
         self.num_blocks = num_blocks
         self.remat = opts.remat_blocks
-        first = make_block(spec, in_features, width, stride, opts, rngs)
+        self.survivals = survivals
+        sd = survivals is not None
+        first = make_block(spec, in_features, width, stride, opts, rngs, stochastic_depth=sd,
+                           preact_input=preact_first)
         self.out_features = out = first.out_features
         if opts.scan_blocks and num_blocks > 1:
 
             @nnx.split_rngs(splits=num_blocks - 1)
             @nnx.vmap(in_axes=(0,), out_axes=0)
             def make_repeated(rngs: nnx.Rngs) -> nnx.Module:
-                return make_block(spec, out, width, 1, opts, rngs)
+                return make_block(spec, out, width, 1, opts, rngs, stochastic_depth=sd)
 
             self.blocks = nnx.List([first])
             self.repeated = make_repeated(rngs)
         else:
-            rest = [make_block(spec, out, width, 1, opts, rngs) for _ in range(num_blocks - 1)]
+            rest = [make_block(spec, out, width, 1, opts, rngs, stochastic_depth=sd)
+                    for _ in range(num_blocks - 1)]
             self.blocks = nnx.List([first, *rest])
             self.repeated = None
 
     def __call__(
-        self, x: jax.Array, *, collect: bool = True
-    ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
-        """Returns (output, each block's output, each block's branch response).
+        self, x: jax.Array, rng: jax.Array | None = None, *, collect: bool = True
+    ) -> tuple[jax.Array, list[jax.Array], list[jax.Array], list[jax.Array]]:
+        """Returns (output, each block's output, branch response, inner activations).
 
-        ``collect=False`` leaves the two lists empty, so a scanned stage does
-        not stack every block's output when nobody asks for them.
+        ``collect=False`` leaves the lists empty, so a scanned stage does not
+        stack every block's output when nobody asks for them.
         """
         call = nnx.remat(_call_block) if self.remat else _call_block
-        outputs, responses = [], []
-        for block in self.blocks:
-            x, response = call(block, x)
+        survivals = self.survivals or (1.0,) * self.num_blocks
+        outputs, responses, activations = [], [], []
+
+        def keep(y, aux):
             if collect:
-                outputs.append(x)
-                responses.append(response)
+                outputs.append(y)
+                responses.append(aux["response"])
+                activations.extend(aux["activations"])
+
+        for i, block in enumerate(self.blocks):
+            x, aux = call(block, x, fold(rng, i), survivals[i])
+            keep(x, aux)
         if self.repeated is not None:
+            n = self.num_blocks - 1
+            keys = None if rng is None else jax.vmap(lambda i: jax.random.fold_in(rng, i))(
+                jnp.arange(1, n + 1))
+            probs = jnp.asarray(np.asarray(survivals[1:], np.float32))
 
-            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
-            def run(x: jax.Array, block: nnx.Module):
-                y, response = call(block, x)
-                return y, ((y, response) if collect else None)
+            @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0))
+            def run(x: jax.Array, block: nnx.Module, key, survival):
+                y, aux = call(block, x, key, survival)
+                return y, ((y, aux) if collect else None)
 
-            x, stacked = run(x, self.repeated)
+            x, stacked = run(x, self.repeated, keys, probs)
             if collect:
-                outputs += list(stacked[0])
-                responses += list(stacked[1])
-        return x, outputs, responses
+                ys, aux = stacked
+                for j in range(n):
+                    keep(ys[j], jax.tree.map(lambda a, j=j: a[j], aux))
+        return x, outputs, responses, activations
 
 
 class ResNet(nnx.Module):
-    """Stem, stages and a global-average-pool + linear classifier.
+    """Stem, stages, (pre-activation nets: final BN-act), pool, (dropout), linear classifier.
 
-    ``model(x)`` returns logits; ``model(x, return_features=True)`` returns
-    ``(logits, features)`` where ``features['block_outputs']`` and
-    ``features['branch_responses']`` list each block's output and its
-    branch's response (after the last BN, before the addition), the data of
-    the paper's Fig. 7.
+    ``model(x)`` returns logits; ``model(x, rng=key)`` is how training passes
+    randomness (dropout, stochastic depth, RReLU). ``model(x,
+    return_features=True)`` returns ``(logits, features)`` where
+    ``features['block_outputs']`` and ``features['branch_responses']`` list each
+    block's output and its branch's response (after the last BN, before the
+    addition: the data of the paper's Fig. 7), and ``features['activations']``
+    every activation's output (for the dead-unit count).
     """
 
-    def __init__(self, spec: NetworkSpec, opts: LayerOptions, *, rngs: nnx.Rngs):
+    def __init__(self, spec: NetworkSpec, opts: LayerOptions, *, rngs: nnx.Rngs,
+                 survival_last: float = 1.0, head_dropout: float = 0.0):
         spec.validate()
+        if survival_last < 1.0 and spec.plain:
+            raise ValueError("stochastic depth drops residual branches; a plain net has none "
+                             "(set model.plain=False or model.survival_last=1.0)")
+        if not 0.0 < survival_last <= 1.0:
+            raise ValueError(f"model.survival_last must be in (0, 1], got {survival_last}")
+        if not 0.0 <= head_dropout < 1.0:
+            raise ValueError(f"model.head_dropout must be in [0, 1), got {head_dropout}")
         self.spec = spec
         self.dtype = opts.dtype
         self.stem = Stem(spec, opts, rngs=rngs)
-        stages, features = [], spec.stem_width
+        survivals = (survival_probabilities(spec.num_blocks, survival_last)
+                     if survival_last < 1.0 else None)
+        stages, features, done = [], spec.stem_width, 0
         for i, (size, width) in enumerate(zip(spec.stage_sizes, spec.widths, strict=True)):
             stride = 1 if i == 0 else 2
-            stage = Stage(spec, features, width, size, stride, opts, rngs=rngs)
+            stage = Stage(spec, features, width, size, stride, opts, rngs=rngs,
+                          survivals=None if survivals is None else survivals[done:done + size],
+                          # after an ImageNet stem (ending in BN-act) the first pre-act block
+                          # does not normalise again (fb.resnet.torch's preresnet)
+                          preact_first=not (i == 0 and spec.stem == "imagenet"))
             stages.append(stage)
-            features = stage.out_features
+            features, done = stage.out_features, done + size
         self.stages = nnx.List(stages)
+        self.final = BNAct(features, opts, rngs=rngs) if spec.preact else None
+        self.dropout = nnx.Dropout(head_dropout) if head_dropout > 0 else None
         self.head = nnx.Linear(
             features,
             spec.num_classes,
+            kernel_init=opts.head_init(),
             dtype=opts.dtype,
             param_dtype=opts.param_dtype,
             rngs=rngs,
         )
         self.num_features = features
 
-    def __call__(self, x: jax.Array, *, return_features: bool = False):
-        x = self.stem(x.astype(self.dtype))
-        outputs, responses = [], []
-        for stage in self.stages:
-            x, outs, resps = stage(x, collect=return_features)
+    def classify(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """The last stage's output to logits: (final BN-act), pool, (dropout), linear."""
+        if self.final is not None:
+            x = self.final(x, fold(rng, 0))
+        return self._pool_and_head(x, rng)
+
+    def _pool_and_head(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
+        pooled = jnp.mean(x, axis=(1, 2))
+        if self.dropout is not None:
+            pooled = self.dropout(pooled, rngs=fold(rng, 1))
+        return self.head(pooled).astype(jnp.float32)
+
+    def __call__(self, x: jax.Array, *, rng: jax.Array | None = None,
+                 return_features: bool = False):
+        x = self.stem(x.astype(self.dtype), fold(rng, 0))
+        outputs, responses, activations = [], [], []
+        if return_features and self.stem.act is not None:
+            activations.append(x)
+        for i, stage in enumerate(self.stages):
+            x, outs, resps, acts = stage(x, fold(rng, i + 1), collect=return_features)
             outputs += outs
             responses += resps
-        pooled = jnp.mean(x, axis=(1, 2))
-        logits = self.head(pooled).astype(jnp.float32)
+            activations += acts
+        head_rng = fold(rng, len(self.stages) + 1)
+        if self.final is not None:
+            x = self.final(x, fold(head_rng, 0))
+            activations += [x] if return_features else []
+        logits = self._pool_and_head(x, head_rng)
         if return_features:
-            return logits, {"block_outputs": outputs, "branch_responses": responses}
+            return logits, {"block_outputs": outputs, "branch_responses": responses,
+                            "activations": activations}
         return logits

@@ -92,20 +92,20 @@ def summarize(model: ResNet, image_size: int) -> list[StageRow]:
     x = jnp.zeros((1, image_size, image_size, model.spec.in_channels), jnp.float32)
     rows = []
 
-    def add(name: str, module: nnx.Module, fn: Callable, x: jax.Array) -> jax.Array:
+    def add(name: str, module: nnx.Module, fn: Callable, x: jax.Array,
+            params: int | None = None) -> jax.Array:
         graphdef, state = nnx.split(module)
         out = jax.eval_shape(lambda s, y: fn(nnx.merge(graphdef, s), y), state, x)
-        rows.append(StageRow(name, tuple(out.shape[1:]), count_params(module),
-                             module_macs(module, fn, x)))
+        params = count_params(module) if params is None else params
+        rows.append(StageRow(name, tuple(out.shape[1:]), params, module_macs(module, fn, x)))
         return jnp.zeros(out.shape, out.dtype)
 
     x = add("stem", model.stem, lambda m, y: m(y), x)
     for i, stage in enumerate(model.stages):
         x = add(f"stage{i + 1} ({stage.num_blocks} blocks)", stage, lambda m, y: m(y)[0], x)
 
-    def head(m: nnx.Module, y: jax.Array) -> jax.Array:
-        return m(jnp.mean(y, axis=(1, 2)))
-
-    add("pool + fc", model.head, head, x)
+    head_params = count_params(model.head) + (count_params(model.final) if model.final else 0)
+    name = "bn-act + pool + fc" if model.final is not None else "pool + fc"
+    add(name, model, lambda m, y: m.classify(y), x, head_params)
     model.train()
     return rows

@@ -111,8 +111,8 @@ def test_plain_and_residual_nets_have_the_same_layers():
 
 def test_batchnorm_train_and_eval_modes_differ_as_they_should():
     model = small_cifar()
-    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
-    unit = model.stem.unit
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (16, 8, 8, 4))
+    unit = model.stages[0].blocks[0].unit1
     before = np.asarray(unit.bn.mean[...]).copy()
     model.train()
     y_train = np.asarray(unit(x))
@@ -270,7 +270,8 @@ def test_canonical_conv_backward_has_only_nhwc_hwio_convolutions():
 
 def _unrolled_and_scanned(**cfg):
     """Two models of one architecture, unrolled and scanned, holding the same weights."""
-    base = dict(family="cifar", depth=20, widths=(4, 8, 16), num_classes=3, in_channels=1, **cfg)
+    base = dict(family="cifar", depth=20, widths=(4, 8, 16), num_classes=3, in_channels=1)
+    base.update(cfg)
     unrolled = models.build_model(base, seed=0)
     scanned = models.build_model({**base, "scan_blocks": True}, seed=1)
     for a, b in zip(unrolled.stages, scanned.stages, strict=True):
@@ -280,6 +281,8 @@ def _unrolled_and_scanned(**cfg):
         nnx.update(b.repeated, jax.tree.map(lambda *xs: jnp.stack(xs), *rest))
     nnx.update(scanned.stem, nnx.state(unrolled.stem))
     nnx.update(scanned.head, nnx.state(unrolled.head))
+    if unrolled.final is not None:
+        nnx.update(scanned.final, nnx.state(unrolled.final))
     return unrolled, scanned
 
 
