@@ -301,9 +301,12 @@ def plot_curves(rows: list[Row], out_base: str) -> list[str]:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     colours = _colours(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    kinds = [p for p in (True, False) if any(r.plain == p for r in rows)] or [False]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.5), sharey=True,
+                             squeeze=False)
+    axes = axes[0]
     top = 0.0
-    for ax, plain in zip(axes, (True, False), strict=True):
+    for ax, plain in zip(axes, kinds, strict=True):
         for row in (r for r in rows if r.plain == plain):
             c = colours[_colour_key(row)]
             steps, train = _curve(row.runs, "train_error")
