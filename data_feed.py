@@ -123,8 +123,10 @@ def padded_eval_split(mesh, split: input_pipeline.Split, batch_size: int) -> dic
 
 
 def sum_over_split(trainer, batch_sums: Callable, init: jax.Array, params, batch_stats,
-                   split: dict[str, jax.Array], mean: jax.Array) -> jax.Array:
+                   split: dict[str, jax.Array], stats: dict[str, jax.Array]) -> jax.Array:
     """Adds ``batch_sums(model, x, batch)`` over a padded split on device (one ``lax.scan``).
+
+    Images are normalised with ``stats`` exactly as in training, without augmentation.
 
     Parameters ride in the scan's carry and the model is built inside the body:
     nnx.scan (scanned stages) refuses variables from an outer trace level.
@@ -134,7 +136,7 @@ def sum_over_split(trainer, batch_sums: Callable, init: jax.Array, params, batch
         acc, params, batch_stats = carry
         model = trainer.model(params, batch_stats)
         model.eval()
-        x = input_pipeline.normalize(batch["images"], mean)
+        x = input_pipeline.normalize_batch(batch["images"], stats)
         return (acc + batch_sums(model, x, batch), params, batch_stats), None
 
     return jax.lax.scan(body, (init, params, batch_stats), split)[0][0]
@@ -147,11 +149,13 @@ class InMemoryFeed:
         """Loads ``config.dataset``, or holds ``data`` (synthetic data for benchmarks)."""
         self.config, self.mesh = config, mesh
         data = input_pipeline.load_in_memory(config) if data is None else data
+        data = input_pipeline.with_statistics(data, config)
         self.input_wait_s = 0.0  # no host input on the hot path, by construction
         self.num_train = len(data.train.labels)
         self.num_classes = data.num_classes
         self.image_shape = data.train.images.shape[1:]
-        self.mean = parallel.replicate(np.asarray(data.mean_image), mesh)
+        # Normalisation (and PCA lighting) statistics of the train split, on every device.
+        self.stats = parallel.replicate(input_pipeline.normalization_arrays(data, config), mesh)
         self.train = device_data(mesh, data.train)
         n_dev = mesh.devices.size
         self.eval_splits = {
@@ -181,17 +185,12 @@ class InMemoryFeed:
             idx = input_pipeline.batch_indices(order_key, state.step, num_train,
                                                config.batch_size)
             idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
-            images = input_pipeline.augment_batch(
-                jax.random.fold_in(augment_key, state.step),
-                data["images"][idx],
-                crop_padding=config.augment.crop_padding,
-                flip=config.augment.flip,
-            )
-            x = input_pipeline.normalize(images, data["mean"])
+            x = input_pipeline.train_inputs(jax.random.fold_in(augment_key, state.step),
+                                            data["images"][idx], config.augment, data["stats"])
             state, loss, error = trainer.apply_gradients(state, x, data["labels"][idx])
             return state, sums + jnp.stack([loss, error, 1.0])
 
-        data = {**self.train, "mean": self.mean}
+        data = {**self.train, "stats": self.stats}
         if config.loop_on_device:
 
             def chunk(state, data):
@@ -216,18 +215,18 @@ class InMemoryFeed:
     def make_evaluate(self, trainer) -> EvalFn:
         """``evaluate(params, batch_stats) -> {test_error, test_loss[, val_...]}``."""
 
-        def sums(params, batch_stats, split, mean):
+        def sums(params, batch_stats, split, stats):
             return sum_over_split(
                 trainer, lambda model, x, batch: eval_batch_sums(
                     model, x, batch["labels"], batch["mask"]),
-                jnp.zeros(3), params, batch_stats, split, mean)
+                jnp.zeros(3), params, batch_stats, split, stats)
 
         sums_fn = jax.jit(sums)
 
         def evaluate(params, batch_stats):
             out = {}
             for name, split in self.eval_splits.items():
-                wrong, loss, count = np.asarray(sums_fn(params, batch_stats, split, self.mean))
+                wrong, loss, count = np.asarray(sums_fn(params, batch_stats, split, self.stats))
                 out[f"{name}_error"] = float(wrong / count)
                 out[f"{name}_loss"] = float(loss / count)
             return out
@@ -250,15 +249,15 @@ class InMemoryFeed:
     def make_responses(self, trainer) -> Callable[[Any, Any], np.ndarray]:
         """``responses(params, batch_stats) -> std per block`` on the test split."""
 
-        def sums(params, batch_stats, split, mean):
+        def sums(params, batch_stats, split, stats):
             n = sum(s.num_blocks for s in trainer.model(params, batch_stats).stages)
             return sum_over_split(
                 trainer, lambda model, x, batch: response_batch_sums(model, x, batch["mask"]),
-                jnp.zeros((n, 3)), params, batch_stats, split, mean)
+                jnp.zeros((n, 3)), params, batch_stats, split, stats)
 
         sums_fn = jax.jit(sums)
         return lambda params, batch_stats: std_from_sums(
-            np.asarray(sums_fn(params, batch_stats, self.eval_splits["test"], self.mean)))
+            np.asarray(sums_fn(params, batch_stats, self.eval_splits["test"], self.stats)))
 
 
 # --------------------------------------------------------------------------- streamed
@@ -279,6 +278,8 @@ class StreamingFeed:
         self.num_train = input_pipeline.num_examples(config, self.train_split)
         self.mean = jnp.asarray(input_pipeline.IMAGENET_MEAN)
         self.std = jnp.asarray(input_pipeline.IMAGENET_STD)
+        self.lighting = {"eigvals": jnp.asarray(input_pipeline.IMAGENET_EIGVALS),
+                         "eigvecs": jnp.asarray(input_pipeline.IMAGENET_EIGVECS)}
         self.sharding = parallel.batch_sharded(mesh)
         self.input_wait_s = 0.0  # time the training loop spent waiting for the host stream
 
@@ -300,9 +301,14 @@ class StreamingFeed:
         config, total = self.config, trainer.schedule.total_steps
         stream = self._stream(self.train_split, config.batch_size, train=True,
                               seed=config.seed * 1_000_003 + start_step)
-        mean, std = self.mean, self.std
+        mean, std, lighting = self.mean, self.std, self.lighting
+        augment_key = jax.random.fold_in(jax.random.key(config.seed), 2)
 
         def one_step(state, images, labels, sums):
+            # Colour augmentation on device (crops, scale and flips were done by tf.data).
+            images = input_pipeline.colour_augment(jax.random.fold_in(augment_key, state.step),
+                                                   input_pipeline.to_unit(images),
+                                                   config.augment, lighting)
             x = input_pipeline.normalize(images, mean, std=std)
             state, loss, error = trainer.apply_gradients(state, x, labels)
             return state, sums + jnp.stack([loss, error, 1.0])

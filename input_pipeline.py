@@ -6,6 +6,13 @@ uint8 and then held on the accelerators by the trainer; the functions
 inside the jitted training step, so no batch crosses from host to device.
 ImageNet streams through a tf.data pipeline, each process reading its shard.
 
+Training inputs go: random crop/flip (and optional scale augmentation), then
+to float pixels in [0, 1], optional colour augmentation (HSV jitter, AlexNet
+PCA lighting), then normalisation (``normalize_batch``); evaluation applies
+the same normalisation and nothing else. The statistics these need (mean
+image, per-channel mean/std, the colour covariance's eigenvectors, a
+whitening matrix) are fitted on the training split at load.
+
 TensorFlow and TFDS are imported lazily, so digits runs never pay for them.
 """
 
@@ -25,6 +32,15 @@ STREAMED_SPLITS: dict[str, tuple[str, str]] = {"imagenet2012": ("train", "valida
 DIGITS_TEST_EXAMPLES = 360
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+# Eigenvalues (pixels in [0, 1]) and eigenvectors (columns) of ImageNet's RGB
+# covariance, as used for AlexNet-style lighting by fb.resnet.torch (the streamed
+# training set cannot be scanned at load).
+IMAGENET_EIGVALS = np.array([0.2175, 0.0188, 0.0045], np.float32)
+IMAGENET_EIGVECS = np.array([[-0.5675, 0.7192, 0.4009],
+                             [-0.5808, -0.0045, -0.8140],
+                             [-0.5836, -0.6948, 0.4203]], np.float32)
+NORMALIZATIONS: tuple[str, ...] = ("pixel_mean", "channel_standardize", "zca", "pca")
+WHITEN_OVER: tuple[str, ...] = ("image", "channel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +59,12 @@ class InMemoryData:
     test: Split
     val: Split | None
     mean_image: np.ndarray  # (H, W, C) float32: per-pixel mean of the train images, in [0, 1]
+    # Fitted on the train images by ``fit_statistics`` (None: not fitted yet).
+    channel_mean: np.ndarray | None = None  # (C,) mean of every pixel's colour
+    channel_std: np.ndarray | None = None  # (C,)
+    rgb_eigvals: np.ndarray | None = None  # (C,) eigenvalues of the colour covariance, descending
+    rgb_eigvecs: np.ndarray | None = None  # (C, C) the matching unit eigenvectors, as columns
+    whitening: np.ndarray | None = None  # (D, D) or (C, C) for normalize=zca/pca, else None
 
 
 def _check_known(name: str) -> None:
@@ -136,7 +158,111 @@ def load_in_memory(config: Any) -> InMemoryData:
         kept, held = _stratified_split(train.labels, n_val, seed=int(config.get("data_seed", 0)))
         train, val = _take(train, kept), _take(train, held)
     mean = (train.images.astype(np.float64) / 255.0).mean(axis=0).astype(np.float32)
-    return InMemoryData(name, num_classes, train, test, val, mean)
+    data = InMemoryData(name, num_classes, train, test, val, mean)
+    return with_statistics(data, config)
+
+
+# --------------------------------------------------------------------------- statistics
+
+_CHUNK = 2048  # images per float64 chunk when scanning the training set
+
+
+def _chunks(images: np.ndarray) -> Iterator[np.ndarray]:
+    for i in range(0, len(images), _CHUNK):
+        yield images[i:i + _CHUNK].astype(np.float64) / 255.0
+
+
+def colour_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C,) mean and (C, C) covariance of every pixel's colour, pixels in [0, 1]."""
+    c = images.shape[-1]
+    total, outer, n = np.zeros(c), np.zeros((c, c)), 0
+    for x in _chunks(images):
+        x = x.reshape(-1, c)
+        total += x.sum(0)
+        outer += x.T @ x
+        n += len(x)
+    mean = total / n
+    return mean, outer / n - np.outer(mean, mean)
+
+
+def image_covariance(images: np.ndarray, mean_image: np.ndarray) -> np.ndarray:
+    """(D, D) covariance of the flattened images (D = H*W*C), pixels in [0, 1]."""
+    mean = mean_image.reshape(-1).astype(np.float64)
+    cov = np.zeros((mean.size, mean.size))
+    for x in _chunks(images):
+        x = (x.reshape(len(x), -1) - mean).astype(np.float32)
+        cov += (x.T @ x).astype(np.float64)
+    return cov / len(images)
+
+
+def eigh_descending(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, clipped at 0) and unit eigenvectors (columns) of ``cov``.
+
+    Each eigenvector's largest component is made positive, so the signs (and
+    with them PCA whitening) do not depend on the LAPACK build of each process.
+    """
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1]
+    vals, vecs = vals[order], vecs[:, order]
+    top = vecs[np.argmax(np.abs(vecs), axis=0), np.arange(vecs.shape[1])]
+    return np.maximum(vals, 0.0), vecs * np.where(top < 0, -1.0, 1.0)
+
+
+def whitening_matrix(cov: np.ndarray, kind: str, epsilon: float) -> np.ndarray:
+    """W with cov(W x) ~ identity: PCA ``diag(1/sqrt(l+eps)) U^T`` (rows: the components,
+    largest first) or ZCA ``U diag(1/sqrt(l+eps)) U^T`` (the rotation back keeps the
+    result closest to the input: still an image, with decorrelated pixels)."""
+    vals, vecs = eigh_descending(cov)
+    pca = vecs.T / np.sqrt(vals + epsilon)[:, None]
+    return pca if kind == "pca" else vecs @ pca
+
+
+def fit_statistics(images: np.ndarray, mean_image: np.ndarray, config: Any) -> dict:
+    """The ``InMemoryData`` statistics fields, fitted on the train images for ``config``.
+
+    The colour moments are cheap and always fitted; the whitening matrix only
+    for ``normalize`` = zca/pca (over whole images: one D x D covariance).
+    """
+    mean, cov = colour_moments(images)
+    vals, vecs = eigh_descending(cov)
+    out = {"channel_mean": mean.astype(np.float32),
+           "channel_std": np.sqrt(np.maximum(np.diag(cov), 0.0)).astype(np.float32),
+           "rgb_eigvals": vals.astype(np.float32), "rgb_eigvecs": vecs.astype(np.float32),
+           "whitening": None}
+    kind = config.get("normalize", "pixel_mean")
+    if kind in ("zca", "pca"):
+        if config.get("whiten_over", "image") == "image":
+            cov = image_covariance(images, mean_image)
+        out["whitening"] = whitening_matrix(cov, kind, float(config.whiten_epsilon)).astype(
+            np.float32)
+    return out
+
+
+def with_statistics(data: InMemoryData, config: Any) -> InMemoryData:
+    """``data`` with its training-set statistics fitted (kept if already there for
+    ``config``: a whitening matrix is fitted when one is needed and missing)."""
+    needs_whitening = config.get("normalize", "pixel_mean") in ("zca", "pca")
+    if data.channel_mean is not None and (data.whitening is not None or not needs_whitening):
+        return data
+    return dataclasses.replace(data, **fit_statistics(data.train.images, data.mean_image,
+                                                      config))
+
+
+def normalization_arrays(data: InMemoryData, config: Any) -> dict[str, np.ndarray]:
+    """What ``normalize_batch`` needs for ``config.normalize`` (and the PCA lighting's
+    eigenvectors when ``augment.pca_lighting`` is on), to be replicated on device."""
+    kind = config.get("normalize", "pixel_mean")
+    if kind == "pixel_mean":
+        out = {"mean": data.mean_image}
+    elif kind == "channel_standardize":
+        out = {"mean": data.channel_mean, "std": np.maximum(data.channel_std, 1e-8)}
+    elif config.get("whiten_over", "image") == "image":
+        out = {"mean": data.mean_image, "image_matrix": data.whitening}
+    else:
+        out = {"mean": data.channel_mean, "channel_matrix": data.whitening}
+    if config.augment.get("pca_lighting", 0.0):
+        out.update(eigvals=data.rgb_eigvals, eigvecs=data.rgb_eigvecs)
+    return out
 
 
 # --------------------------------------------------------------------------- on device
@@ -178,12 +304,159 @@ def augment_batch(key: jax.Array, images: jax.Array, *, crop_padding: int, flip:
 
 def normalize(images: jax.Array, mean: jax.Array, dtype=jnp.float32, *,
               std: jax.Array | None = None) -> jax.Array:
-    """uint8 pixels to [0, 1], minus ``mean`` (CIFAR: the paper's per-pixel mean image;
-    ImageNet: per channel), divided by ``std`` when given."""
-    x = images.astype(jnp.float32) / 255.0 - mean
+    """uint8 pixels to [0, 1] (float images are taken to be there already), minus ``mean``
+    (ImageNet: per channel), divided by ``std`` when given."""
+    x = to_unit(images) - mean
     if std is not None:
         x = x / std
     return x.astype(dtype)
+
+
+def to_unit(images: jax.Array) -> jax.Array:
+    """uint8 pixels to float32 in [0, 1]; float images are taken to be there already."""
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        return images.astype(jnp.float32) / 255.0
+    return images
+
+
+def normalize_batch(images: jax.Array, stats: dict[str, jax.Array]) -> jax.Array:
+    """Pixels (uint8, or float in [0, 1]) to network inputs, as ``normalization_arrays`` says.
+
+    ``mean`` is subtracted (a per-pixel mean image or a per-channel mean), then
+    the images are divided by a per-channel ``std``, or whitened by a matrix
+    over each pixel's channels (``channel_matrix``) or over whole flattened
+    images (``image_matrix``). The same function serves training and evaluation.
+    """
+    x = to_unit(images) - stats["mean"]
+    if "std" in stats:
+        x = x / stats["std"]
+    if "channel_matrix" in stats:
+        x = jnp.einsum("bhwc,dc->bhwd", x, stats["channel_matrix"],
+                       precision=jax.lax.Precision.HIGHEST)
+    if "image_matrix" in stats:
+        flat = jnp.dot(x.reshape(x.shape[0], -1), stats["image_matrix"].T,
+                       precision=jax.lax.Precision.HIGHEST)
+        x = flat.reshape(x.shape)
+    return x
+
+
+def scale_crop_batch(key: jax.Array, images: jax.Array, scale_range: tuple[float, float]
+                     ) -> jax.Array:
+    """Per example: resize by a factor uniform in ``scale_range`` (>= 1; both sides, so
+    the shorter side is scaled by it) and crop a random window of the original size.
+
+    One bilinear ``jax.image.scale_and_translate`` per image, whose output shape
+    is static (the crop) while scale and offset are traced: the resized image
+    is never materialised. Factor 1 with offset 0 gives the image back.
+    """
+    images = to_unit(images)
+    b, h, w, _ = images.shape
+    scale_key, offset_key = jax.random.split(key)
+    lo, hi = scale_range
+    s = jax.random.uniform(scale_key, (b,), minval=lo, maxval=hi)
+    room = jnp.array([h, w], jnp.float32) * (s[:, None] - 1.0)  # resized size - crop size
+    offsets = jax.random.uniform(offset_key, (b, 2)) * room
+
+    return jax.vmap(scale_crop)(images, s, offsets)
+
+
+def scale_crop(image: jax.Array, scale: jax.Array, offset: jax.Array) -> jax.Array:
+    """(H, W, C) image resized (bilinear) by ``scale``, then the H x W window at ``offset``
+    (row, column; in resized pixels, may be fractional) of the result."""
+    return jax.image.scale_and_translate(image, image.shape, (0, 1), jnp.stack([scale, scale]),
+                                         -jnp.asarray(offset, jnp.float32), method="linear")
+
+
+def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
+    """(..., 3) RGB in [0, 1] to HSV in [0, 1] (hue in turns; grey pixels get hue 0)."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    v = jnp.max(rgb, -1)
+    delta = v - jnp.min(rgb, -1)
+    s = jnp.where(v > 0, delta / jnp.where(v > 0, v, 1.0), 0.0)
+    d = jnp.where(delta > 0, delta, 1.0)
+    h = jnp.where(v == r, (g - b) / d, jnp.where(v == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
+    h = jnp.where(delta > 0, jnp.mod(h / 6.0, 1.0), 0.0)
+    return jnp.stack([h, s, v], -1)
+
+
+def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
+    """(..., 3) HSV in [0, 1] to RGB: channel n is V - V S clip(min(k, 4 - k), 0, 1),
+    k = (n + 6 H) mod 6 with n = 5, 3, 1 for R, G, B."""
+    h, s, v = hsv[..., 0:1], hsv[..., 1:2], hsv[..., 2:3]
+    k = jnp.mod(jnp.array([5.0, 3.0, 1.0]) + 6.0 * h, 6.0)
+    return v - v * s * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+HSV_FACTORS: tuple[str, ...] = ("hue_shift", "s_power", "s_mult", "s_add",
+                                "v_power", "v_mult", "v_add")
+
+
+def hsv_adjust(images: jax.Array, factors: dict[str, jax.Array]) -> jax.Array:
+    """Per image (factors of shape (B,)): S and V to a power, times a factor, plus an
+    offset, clipped to [0, 1]; H shifted (mod 1). Images RGB in [0, 1]."""
+    hsv = rgb_to_hsv(images)
+    f = {k: v[:, None, None] for k, v in factors.items()}
+    h = jnp.mod(hsv[..., 0] + f["hue_shift"], 1.0)
+    s = jnp.clip(hsv[..., 1] ** f["s_power"] * f["s_mult"] + f["s_add"], 0.0, 1.0)
+    v = jnp.clip(hsv[..., 2] ** f["v_power"] * f["v_mult"] + f["v_add"], 0.0, 1.0)
+    return hsv_to_rgb(jnp.stack([h, s, v], -1))
+
+
+def sample_hsv_factors(key: jax.Array, batch: int, strength: float) -> dict[str, jax.Array]:
+    """Random ``hsv_adjust`` factors (Dosovitskiy et al. 2014's colour/contrast ranges at
+    strength 1): powers log-uniform in [1/4, 4] (so 1 is the median), multipliers
+    uniform in [0.7, 1.4], offsets in [-0.1, 0.1], hue shift in [-0.1, 0.1]; S and V
+    drawn independently. ``strength`` in [0, 1] shrinks every range towards identity."""
+    u = jax.random.uniform(key, (len(HSV_FACTORS), batch), minval=-1.0, maxval=1.0)
+    d = dict(zip(HSV_FACTORS, u, strict=True))
+    out = {"hue_shift": 0.1 * strength * d["hue_shift"]}
+    for ch in ("s", "v"):
+        out[f"{ch}_power"] = 4.0 ** (strength * d[f"{ch}_power"])
+        # [-1, 1] -> [1 - 0.3 strength, 1 + 0.4 strength]
+        out[f"{ch}_mult"] = 1.0 + strength * (0.05 + 0.35 * d[f"{ch}_mult"])
+        out[f"{ch}_add"] = 0.1 * strength * d[f"{ch}_add"]
+    return out
+
+
+def pca_lighting(key: jax.Array, images: jax.Array, eigvals: jax.Array, eigvecs: jax.Array,
+                 std: float) -> jax.Array:
+    """AlexNet's lighting noise: every pixel of an image gets sum_i alpha_i lambda_i p_i,
+    alpha_i ~ N(0, std) per image, (lambda_i, p_i) the train set's colour covariance's
+    eigenpairs (pixels in [0, 1]). Not clipped, as in AlexNet."""
+    alpha = std * jax.random.normal(key, (images.shape[0], eigvals.shape[0]))
+    shift = (alpha * eigvals) @ eigvecs.T  # (B, C)
+    return images + shift[:, None, None, :]
+
+
+def colour_augment(key: jax.Array, images: jax.Array, augment: Any,
+                   stats: dict[str, jax.Array]) -> jax.Array:
+    """HSV jitter then PCA lighting, as ``augment`` says; float images in [0, 1]."""
+    strength = float(augment.get("hsv_jitter", 0.0))
+    if strength:
+        images = hsv_adjust(images, sample_hsv_factors(jax.random.fold_in(key, 2),
+                                                       images.shape[0], strength))
+    std = float(augment.get("pca_lighting", 0.0))
+    if std:
+        images = pca_lighting(jax.random.fold_in(key, 3), images, stats["eigvals"],
+                              stats["eigvecs"], std)
+    return images
+
+
+def train_inputs(key: jax.Array, images: jax.Array, augment: Any,
+                 stats: dict[str, jax.Array]) -> jax.Array:
+    """A sampled uint8 training batch to network inputs: scale augmentation, pad and
+    crop, flip, colour augmentation, normalisation (each as ``augment`` says).
+
+    Crop and flip draw from ``key`` itself, the other steps from keys folded
+    from it, so adding an option leaves the crops and flips of a seed unchanged.
+    """
+    x = images
+    scale = augment.get("scale")
+    if scale is not None:
+        x = scale_crop_batch(jax.random.fold_in(key, 1), x, tuple(scale))
+    x = augment_batch(key, x, crop_padding=augment.crop_padding, flip=augment.flip)
+    x = colour_augment(key, to_unit(x), augment, stats)
+    return normalize_batch(x, stats)
 
 
 # --------------------------------------------------------------------------- streaming

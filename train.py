@@ -208,6 +208,43 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None) 
             )
     if config.val_examples < 0:
         raise ValueError(f"val_examples must be >= 0, got {config.val_examples}")
+    validate_inputs(config)
+
+
+def validate_inputs(config: ml_collections.ConfigDict) -> None:
+    """Checks ``augment.*``, ``normalize`` and ``whiten_*``; one-line ValueErrors."""
+    aug, in_memory = config.augment, config.dataset in input_pipeline.IN_MEMORY_DATASETS
+    if aug.crop_padding < 0:
+        raise ValueError(f"augment.crop_padding must be >= 0, got {aug.crop_padding}")
+    if aug.scale is not None:
+        if not in_memory:
+            raise ValueError(f"augment.scale is for in-memory datasets; {config.dataset} "
+                             "uses augment.scale_range (shorter side in pixels)")
+        if not (len(aug.scale) == 2 and all(math.isfinite(v) for v in aug.scale)
+                and 1 <= aug.scale[0] <= aug.scale[1]):
+            raise ValueError(f"augment.scale must be (lo, hi) with 1 <= lo <= hi, got {aug.scale}")
+    if not 0 <= aug.hsv_jitter <= 1:
+        raise ValueError(f"augment.hsv_jitter must be in [0, 1], got {aug.hsv_jitter}")
+    if aug.hsv_jitter and config.model.in_channels != 3:
+        raise ValueError(f"augment.hsv_jitter needs RGB images, but {config.dataset} has "
+                         f"{config.model.in_channels} channel(s) (model.in_channels)")
+    if not (math.isfinite(aug.pca_lighting) and aug.pca_lighting >= 0):
+        raise ValueError(f"augment.pca_lighting must be >= 0, got {aug.pca_lighting}")
+    if config.normalize not in input_pipeline.NORMALIZATIONS:
+        raise ValueError(f"unknown normalize {config.normalize!r}; allowed: "
+                         f"{', '.join(input_pipeline.NORMALIZATIONS)}")
+    if not in_memory and config.normalize != "channel_standardize":
+        raise ValueError(f"{config.dataset} is streamed and normalised with fixed per-channel "
+                         f"statistics: normalize must be 'channel_standardize', got "
+                         f"{config.normalize!r}")
+    if config.whiten_over not in input_pipeline.WHITEN_OVER:
+        raise ValueError(f"unknown whiten_over {config.whiten_over!r}; allowed: "
+                         f"{', '.join(input_pipeline.WHITEN_OVER)}")
+    if config.normalize == "pca" and config.whiten_over == "image":
+        raise ValueError("normalize='pca' over whole images would scramble the pixel layout "
+                         "the convolutions need: set whiten_over='channel', or use 'zca'")
+    if not (math.isfinite(config.whiten_epsilon) and config.whiten_epsilon > 0):
+        raise ValueError(f"whiten_epsilon must be > 0, got {config.whiten_epsilon}")
 
 
 # --------------------------------------------------------------------------- state and steps

@@ -18,9 +18,30 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_dir = placeholder(str)  # TFDS data_dir; None = TFDS default (~/tensorflow_datasets)
     c.data_seed = 0  # seed of the train/val(/test) splits
     c.val_examples = 0  # hold out this many training examples (paper: 5000 of 50k)
-    c.augment = ml_collections.ConfigDict(
-        dict(crop_padding=4, flip=True, scale_range=(256, 480), crop_size=224)
-    )
+    c.augment = ml_collections.ConfigDict()
+    c.augment.crop_padding = 4  # in memory: zero-pad by this many pixels, random crop; 0 = off
+    c.augment.flip = True  # random horizontal flip
+    c.augment.scale_range = (256, 480)  # ImageNet stream: shorter side uniform in [lo, hi]
+    c.augment.crop_size = 224  # ImageNet stream: square training crop
+    # In memory: resize by a factor uniform in (lo, hi), 1 <= lo <= hi, then a random
+    # crop of the original size (before the pad-and-crop). None = off (paper, CIFAR).
+    c.augment.scale = placeholder(tuple)
+    # HSV colour jitter (RGB only), strength in [0, 1]; 0 = off (paper). At 1: S and V
+    # raised to a power log-uniform in [1/4, 4], times [0.7, 1.4], plus [-0.1, 0.1];
+    # H shifted by [-0.1, 0.1]; smaller strengths shrink every range towards identity.
+    c.augment.hsv_jitter = 0.0
+    # AlexNet "fancy PCA" lighting: alpha ~ N(0, this) per image and eigenvector of the
+    # train set's colour covariance; 0 = off. AlexNet and the paper's ImageNet runs: 0.1.
+    c.augment.pca_lighting = 0.0
+    # Input normalisation, fitted on the training split and applied alike at eval:
+    # 'pixel_mean' (paper, CIFAR: subtract the mean image) | 'channel_standardize'
+    # (per-channel mean and std; ImageNet streams must use it) | 'zca' | 'pca' whitening.
+    c.normalize = "pixel_mean"
+    # Whitening over 'image' (flattened H*W*C vectors; zca only) | 'channel' (each
+    # pixel's colour), with whiten_epsilon added to the covariance's eigenvalues
+    # (pixels in [0, 1]; larger = milder whitening of low-variance directions).
+    c.whiten_over = "image"
+    c.whiten_epsilon = 1e-3
 
     c.model = ml_collections.ConfigDict()
     # 'cifar' (6n+2 basic, 9n+2 bottleneck) | 'imagenet' (18/34/50/101/152) | 'wrn' (6n+4)

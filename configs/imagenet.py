@@ -35,6 +35,7 @@ def get_config(arg: str | None = "resnet-18") -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 5_000
     c.eval_batch_size = 250
     c.layer_responses = False
+    c.normalize = "channel_standardize"  # fixed ImageNet statistics (the stream is not scanned)
     default.apply_arg(c, arg)
     c.lock()
     return c
