@@ -237,14 +237,14 @@ class InMemoryFeed:
         """``dead(params, batch_stats)``: ``dead_unit_fraction`` on the first test batch."""
 
         @jax.jit
-        def dead(params, batch_stats, split, mean):
+        def dead(params, batch_stats, split, stats):
             model = trainer.model(params, batch_stats)
             model.eval()
-            x = input_pipeline.normalize(split["images"][0], mean)
+            x = input_pipeline.normalize_batch(split["images"][0], stats)
             return dead_unit_fraction(model, x, split["mask"][0])
 
         return lambda params, batch_stats: float(
-            dead(params, batch_stats, self.eval_splits["test"], self.mean))
+            dead(params, batch_stats, self.eval_splits["test"], self.stats))
 
     def make_responses(self, trainer) -> Callable[[Any, Any], np.ndarray]:
         """``responses(params, batch_stats) -> std per block`` on the test split."""
