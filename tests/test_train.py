@@ -227,6 +227,7 @@ def test_imagenet_end_to_end_through_the_streaming_tfds_path(tmp_path):
     lines = read_metrics(tmp_path)
     assert summary["status"] == "finished" and [m["step"] for m in lines] == [2, 4]
     assert 0 <= lines[-1]["test_error"] <= 1 and np.isfinite(lines[-1]["train_loss"])
+    assert 0 <= lines[-1]["dead_units"] <= 1  # measured on the stream's first test batch
     # 20 test images: the error is a whole number of them.
     assert lines[-1]["test_error"] * 20 == pytest.approx(round(lines[-1]["test_error"] * 20))
     blocks = load_json(tmp_path / "layer_responses.json")["blocks"]
