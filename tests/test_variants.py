@@ -1,6 +1,7 @@
 """Tests of the architecture variants and layer knobs: pre-activation, WRN, stochastic depth,
 initialisations, activations, dropout."""
 
+import json
 import math
 
 import jax
@@ -256,3 +257,65 @@ def test_impossible_combinations_are_one_line_errors(cfg, message):
     with pytest.raises(ValueError, match=message) as err:
         models.validate_config(cfg)
     assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- studies and report
+
+
+def test_card_study_puts_imagenet_blocks_with_the_cifar_stem_beside_the_cifar_family():
+    from experiments import sweep
+
+    runs = sweep.expand("configs/degradation.py:card", [])
+    nets = {(r["model.depth"], r["model.plain"]): r for r in runs}
+    assert sorted(nets) == sorted((str(d), str(p)) for d in (18, 34, 56, 110)
+                                  for p in (True, False))
+    for (depth, _), r in nets.items():
+        imagenet = depth in ("18", "34")
+        assert (r.get("model.family"), r.get("model.stem")) == (
+            ("imagenet", "cifar") if imagenet else (None, None))
+        assert ("schedule.warmup_until_error" in r) == (depth == "110")
+
+
+def _fake_run(study, name, test_error, train_error=0.01, **model):
+    from tests.test_report import make_run
+
+    run = make_run(study, name, depth=model.pop("depth"), plain=model.pop("plain", False),
+                   train_errors=[0.5, train_error], test_errors=[0.5, test_error])
+    config = json.loads((run / "config.json").read_text())
+    config["model"].update(model, num_classes=10)
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def test_report_labels_follow_the_architecture_and_rank_nets_of_one_depth(tmp_path):
+    from experiments import report
+
+    study = tmp_path / "study"
+    _fake_run(study, "r164", 0.060, depth=164)
+    _fake_run(study, "pre164", 0.055, depth=164, preact=True)
+    _fake_run(study, "sd164", 0.058, depth=164, stochastic_depth=True)
+    _fake_run(study, "r18", 0.070, depth=18, family="imagenet", stem="cifar")
+    _fake_run(study, "p18", 0.080, train_error=0.05, depth=18, plain=True, family="imagenet",
+              stem="cifar")
+    _fake_run(study, "zeros", 0.9, train_error=0.89, depth=20, plain=True, init="zeros")
+    rows = {r.label: r for r in report.build_rows(report.load_runs(str(study)))}
+    assert set(rows) == {"ResNet-164", "pre-act ResNet-164", "ResNet-164 + stoch. depth",
+                         "ResNet-18", "plain-18", "plain-20"}
+    assert rows["pre-act ResNet-164"].paper_error == 5.46  # He et al. 2016, Table 3
+    assert rows["ResNet-164"].paper_error == 5.93
+    assert rows["ResNet-18"].paper_error is None  # not a published net on CIFAR-10
+    found = report.verdicts(list(rows.values()))
+    assert ("Depth 164 (residual), by final test error: pre-act ResNet-164 5.5%, "
+            "ResNet-164 + stoch. depth 5.8%, ResNet-164 6.0%.") in found
+    assert "plain-20 fails to learn: final training error 89.0% (chance: 90.0%)." in found
+    assert any(v.startswith("At depth 18 the residual net beats the plain net") for v in found)
+
+
+def test_published_errors_of_the_follow_ups():
+    from experiments.paper import published_test_error
+
+    assert published_test_error("cifar10", {"family": "wrn", "depth": 28,
+                                            "width_factor": 10}) == 4.00
+    assert published_test_error("cifar10", {"depth": 110, "stochastic_depth": True}) == 5.25
+    assert published_test_error("cifar10", {"depth": 1001, "preact": True}) == 4.92
+    assert published_test_error("cifar10", {"depth": 110}) == 6.43  # the 2015 paper, Table 6
+    assert published_test_error("cifar10", {"depth": 110, "plain": True}) is None
