@@ -43,3 +43,32 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+    """Steps of the complete checkpoints in a run directory, oldest first; creates nothing.
+
+    Orbax writes into a temporary directory (``STEP.orbax-checkpoint-tmp-...``)
+    and renames it to ``STEP`` when complete, so only all-digit names count.
+    """
+    path = os.path.join(os.fspath(workdir), "checkpoints")
+    if not os.path.isdir(path):
+        return []
+    return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def restore_subtrees(workdir: str | os.PathLike, step: int, like: dict[str, Any]) -> dict:
+    """Restores only the top-level entries of ``like`` (e.g. params and batch_stats).
+
+    Reads another run's checkpoint without knowing the rest of its state (its
+    optimizer may differ), into the shapes, dtypes and shardings of ``like``.
+    """
+    path = os.path.abspath(os.path.join(os.fspath(workdir), "checkpoints"))
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        return manager.restore(step, args=ocp.args.PyTreeRestore(
+            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=True))
+    finally:
+        manager.close()

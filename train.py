@@ -33,10 +33,13 @@ import ml_collections
 import optax
 from flax import nnx
 
+import checkpointing
 import data_feed
 import distributed
+import finetune
 import input_pipeline
 import models
+import optim
 import parallel
 import run_files
 from checkpointing import Checkpointer
@@ -123,11 +126,18 @@ def derive_schedule(config: ml_collections.ConfigDict, num_train: int) -> Schedu
     return Schedule(total, steps_per_epoch, boundaries, int(s.warmup_steps))
 
 
-def learning_rate(config: ml_collections.ConfigDict, sched: Schedule, step, warm) -> jax.Array:
-    """LR at ``step`` (traced); ``warm`` is the state of the warm-up-until-error rule."""
+def learning_rate(config: ml_collections.ConfigDict, sched: Schedule, step, warm,
+                  plateau_scale=1.0) -> jax.Array:
+    """LR at ``step`` (traced); ``warm`` is the state of the warm-up-until-error rule.
+
+    ``plateau_scale`` is the reduce-on-plateau factor (``TrainState.plateau.scale``),
+    used by the 'plateau' schedule only.
+    """
     base = config.optimizer.lr
     step = jnp.asarray(step, jnp.float32)
-    if config.schedule.name == "cosine":
+    if config.schedule.name == "plateau":
+        lr = base * jnp.asarray(plateau_scale, jnp.float32)
+    elif config.schedule.name == "cosine":
         span = max(1, sched.total_steps - sched.warmup_steps)
         progress = jnp.clip((step - sched.warmup_steps) / span, 0.0, 1.0)
         lr = base * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
@@ -142,7 +152,13 @@ def learning_rate(config: ml_collections.ConfigDict, sched: Schedule, step, warm
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """L2 weight decay added to the gradient (as Caffe), then momentum; LR applied in the step."""
+    """L2 weight decay added to the gradient (as Caffe), then momentum; LR applied in the step.
+
+    Options: L1 (``l1 * sign(p)``, also added to the gradient), L2 decoupled
+    from the momentum (added after it, so the step is ``p -= lr * (m + wd * p)``)
+    and frozen parameters (fine-tuning), which get a zero update and no state.
+    The paper's recipe builds exactly the chain (and optimizer state) it always did.
+    """
     opt = config.optimizer
 
     def decay_mask(params):
@@ -150,15 +166,40 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
             return jax.tree.map(lambda _: True, params)
         return nnx.map_state(lambda path, _: path[-1] == "kernel", params)
 
-    return optax.chain(
-        optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
+    decay = optax.add_decayed_weights(opt.weight_decay, mask=decay_mask)
+    coupled = opt.weight_decay_mode == "coupled"
+    tx = optax.chain(
+        *([decay] if coupled else []),
+        *([optim.add_l1(opt.l1, mask=decay_mask)] if opt.l1 else []),
         optax.trace(decay=opt.momentum, nesterov=opt.nesterov),
+        *([] if coupled else [decay]),
     )
+    if finetune.freezes(config.finetune.freeze):
+        labels = finetune.param_labels(frozen_predicate(config))
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx
+
+
+def frozen_predicate(config: ml_collections.ConfigDict):
+    """``is_frozen(path)`` for ``config.finetune.freeze`` on this config's network."""
+    num_stages = len(models.spec_from_config(config.model).stage_sizes)
+    return finetune.frozen_predicate(config.finetune.freeze, num_stages)
+
+
+def plateau_update(config: ml_collections.ConfigDict, plateau: optim.PlateauState,
+                   val_error: float) -> optim.PlateauState:
+    """The 'plateau' schedule's state after an evaluation (host values)."""
+    s = config.schedule
+    min_lr = s.plateau_min_lr or 0.0
+    return optim.plateau_update(
+        plateau, val_error, factor=s.plateau_factor,
+        patience=s.plateau_patience, threshold=s.plateau_threshold,
+        min_scale=min_lr / config.optimizer.lr)
 
 
 # --------------------------------------------------------------------------- validation
 
-KNOWN_SCHEDULES = ("piecewise", "cosine")
+KNOWN_SCHEDULES = ("piecewise", "cosine", "plateau")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
@@ -209,6 +250,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None) 
     if config.val_examples < 0:
         raise ValueError(f"val_examples must be >= 0, got {config.val_examples}")
     validate_inputs(config)
+    _validate_extras(config)
 
 
 def validate_inputs(config: ml_collections.ConfigDict) -> None:
@@ -247,6 +289,37 @@ def validate_inputs(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"whiten_epsilon must be > 0, got {config.whiten_epsilon}")
 
 
+def _validate_extras(config: ml_collections.ConfigDict) -> None:
+    """Regularisers, the plateau schedule and fine-tuning (issue 8)."""
+    opt, s, ft = config.optimizer, config.schedule, config.finetune
+    if opt.weight_decay_mode not in ("coupled", "decoupled"):
+        raise ValueError(f"optimizer.weight_decay_mode must be 'coupled' or 'decoupled', "
+                         f"got {opt.weight_decay_mode!r}")
+    if not (math.isfinite(opt.l1) and opt.l1 >= 0):
+        raise ValueError(f"optimizer.l1 must be >= 0, got {opt.l1}")
+    if opt.max_norm is not None and not (math.isfinite(opt.max_norm) and opt.max_norm > 0):
+        raise ValueError(f"optimizer.max_norm must be positive (or None = off), got {opt.max_norm}")
+    if s.name == "plateau":
+        if not config.val_examples > 0:
+            raise ValueError("schedule.name='plateau' reduces the LR when the validation error "
+                             "stops improving: set val_examples > 0 (the test set is never used)")
+        if not s.plateau_factor > 1:
+            raise ValueError(f"schedule.plateau_factor must be > 1, got {s.plateau_factor}")
+        if not s.plateau_patience >= 1:
+            raise ValueError(f"schedule.plateau_patience must be >= 1, got {s.plateau_patience}")
+        if not s.plateau_threshold >= 0:
+            raise ValueError(f"schedule.plateau_threshold must be >= 0, got {s.plateau_threshold}")
+        if s.plateau_min_lr is not None and not 0 <= s.plateau_min_lr <= opt.lr:
+            raise ValueError(f"schedule.plateau_min_lr must be in [0, optimizer.lr], "
+                             f"got {s.plateau_min_lr}")
+    frozen_predicate(config)  # validates finetune.freeze against the number of stages
+    if ft.from_run is None and (finetune.freezes(ft.freeze) or ft.from_step is not None):
+        raise ValueError("finetune.freeze and finetune.from_step need finetune.from_run "
+                         "(the run to start from)")
+    if ft.from_step is not None and ft.from_step < 0:
+        raise ValueError(f"finetune.from_step must be >= 0 (or None = latest), got {ft.from_step}")
+
+
 # --------------------------------------------------------------------------- state and steps
 
 
@@ -258,6 +331,7 @@ class TrainState:
     opt_state: Any
     warm: jax.Array  # bool: the warm-up-until-error rule is still in force
     first_bad_step: jax.Array  # int32: first step whose loss was not finite, -1 if none
+    plateau: optim.PlateauState  # reduce-on-plateau scale and counters (schedule 'plateau')
 
 
 @dataclasses.dataclass
@@ -277,6 +351,7 @@ class Trainer:
     def loss_fn(self, params, batch_stats, x, y, rng):
         model = self.model(params, batch_stats)
         model.train()
+        finetune.freeze_batch_norm(model, self.config.finetune.freeze)
         logits = model(x, rng=rng)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         error = jnp.mean(jnp.argmax(logits, -1) != y)
@@ -290,9 +365,15 @@ class Trainer:
         rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed), 3),
                                  state.step)
         loss, error, batch_stats, grads = grads_fn(state.params, state.batch_stats, x, y, rng)
-        lr = learning_rate(self.config, self.schedule, state.step, state.warm)
+        lr = learning_rate(self.config, self.schedule, state.step, state.warm,
+                           state.plateau.scale)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+        is_frozen = frozen_predicate(self.config)
+        if self.config.optimizer.max_norm is not None:
+            params = optim.project_max_norm(params, self.config.optimizer.max_norm, is_frozen)
+        if finetune.freezes(self.config.finetune.freeze):  # frozen BN layers ran on running stats
+            batch_stats = finetune.keep_frozen(is_frozen, state.batch_stats, batch_stats)
         threshold = self.config.schedule.warmup_until_error
         warm = state.warm & (error >= threshold) if threshold is not None else state.warm
         bad = (state.first_bad_step < 0) & ~jnp.isfinite(loss)
@@ -317,6 +398,7 @@ def init_state(trainer_parts: tuple, config: ml_collections.ConfigDict, mesh) ->
         opt_state=tx.init(params),
         warm=jnp.asarray(config.schedule.warmup_until_error is not None),
         first_bad_step=jnp.full((), -1, jnp.int32),
+        plateau=optim.PlateauState.initial(),
     )
     return parallel.replicate(state, mesh)
 
@@ -376,6 +458,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     validate_config(config, mesh.devices.size)
     feed = data_feed.make_feed(config, mesh)
     schedule = derive_schedule(config, feed.num_train)
+    if config.finetune.from_run is not None and not checkpointing.checkpoint_steps(workdir):
+        finetune.source_step(config)  # a resumed fine-tuning run never reads its source again
     run = run_files.RunDir(workdir, is_writer=jax.process_index() == 0)
     run.prepare(config.to_dict(), allow_config_change=allow_config_change)
     # Input is validated; a ValueError from here on is a bug, not bad input, and
@@ -390,9 +474,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, feed, schedule,
          run: run_files.RunDir, sig: _SignalFlag) -> dict:
     trainer, parts = build_trainer(config, mesh, schedule)
     num_params = sum(x.size for x in jax.tree.leaves(parts[1]))
-    state = init_state(parts, config, mesh)
     ckpt = Checkpointer(workdir, config.keep_checkpoints)
     start = ckpt.latest_step()
+    if start is None and config.finetune.from_run is not None:
+        graphdef, params, batch_stats, rest = parts
+        parts = (graphdef, *finetune.import_source(config, params, batch_stats), rest)
+    state = init_state(parts, config, mesh)
     if start is not None:
         state = ckpt.restore(start, state)
     start = int(state.step)
@@ -418,7 +505,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, feed, schedule,
         line = {
             "step": step,
             "epoch": round(step / schedule.steps_per_epoch, 3),
-            "lr": float(learning_rate(config, schedule, step - 1, state.warm)),
+            "lr": float(learning_rate(config, schedule, step - 1, state.warm,
+                                      state.plateau.scale)),
             "train_loss": loss_sum / count,
             "train_error": err_sum / count,
             "images_per_sec": count * config.batch_size / max(now - t_log, 1e-9),
@@ -428,6 +516,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, feed, schedule,
             line.update(evaluate(state.params, state.batch_stats))
             if dead_units is not None:
                 line["dead_units"] = dead_units(state.params, state.batch_stats)
+            if config.schedule.name == "plateau":  # before the checkpoint, which must hold it
+                state = state.replace(plateau=parallel.replicate(
+                    plateau_update(config, state.plateau, line["val_error"]), mesh))
         with _writing("metrics", step, ckpt):
             run.metrics.append(line)
         progress.update(line)

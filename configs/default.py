@@ -89,9 +89,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.nesterov = False
     c.optimizer.weight_decay = 1e-4  # L2, added to the gradient before momentum (as Caffe)
     c.optimizer.weight_decay_on = "all"  # 'all' parameters | 'kernels' (conv/linear weights)
+    # 'coupled': wd * p added to the gradient before momentum (Caffe, the paper) |
+    # 'decoupled': p -= lr * wd * p outside the momentum (AdamW-style; wd ~ 10x larger)
+    c.optimizer.weight_decay_mode = "coupled"
+    c.optimizer.l1 = 0.0  # L1: l1 * sign(p) added to the gradient, same mask as weight_decay_on
+    # Max-norm: after each step, rescale each unit's incoming weight vector (conv
+    # kernel: over H, W, in per output channel; linear: over inputs) to norm <= c
+    # (typically 3-4). Kernels only. None = off.
+    c.optimizer.max_norm = placeholder(float)
 
     c.schedule = ml_collections.ConfigDict()
-    c.schedule.name = "piecewise"  # 'piecewise' | 'cosine'
+    c.schedule.name = "piecewise"  # 'piecewise' | 'cosine' | 'plateau'
     # Piecewise boundaries: the first of these that is set is used.
     c.schedule.boundaries_steps = placeholder(tuple)  # paper: (32000, 48000)
     c.schedule.boundaries_epochs = placeholder(tuple)
@@ -102,6 +110,22 @@ def get_config() -> ml_collections.ConfigDict:
     # below this fraction (0.8), then the normal schedule. None = off.
     c.schedule.warmup_until_error = placeholder(float)
     c.schedule.warmup_lr = 0.01
+    # 'plateau': lr = optimizer.lr, divided by plateau_factor after plateau_patience
+    # evaluations in a row whose validation error is not below the best so far minus
+    # plateau_threshold (needs val_examples > 0); never below plateau_min_lr (None = 0).
+    c.schedule.plateau_factor = 10.0  # 2, 5 or 10 are usual; must be > 1
+    c.schedule.plateau_patience = 5  # evaluations (every eval_every_steps), >= 1
+    c.schedule.plateau_threshold = 0.0  # absolute error (fraction), >= 0
+    c.schedule.plateau_min_lr = placeholder(float)
+
+    # Fine-tuning: start from another run's checkpoint (every parameter and BN statistic
+    # but the classifier head, which is fresh, so model.num_classes may differ).
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.from_run = placeholder(str)  # the source run's workdir; None = off
+    c.finetune.from_step = placeholder(int)  # its checkpoint step; None = the latest
+    # Layers kept fixed (no update, BN on running statistics): 'none' | 'stem' |
+    # 'stage1' (stem + first stage) | 'stage2' | ... | 'all' (linear probe on features)
+    c.finetune.freeze = "none"
 
     c.num_steps = 64000  # paper: 64k iterations at batch 128
     c.num_epochs = placeholder(float)  # when set, wins over num_steps

@@ -1,0 +1,187 @@
+"""Fine-tuning: start a run from another run's checkpoint, optionally with frozen layers.
+
+``finetune.from_run`` names another run directory. Its ``config.json`` is
+read, its network built (shapes only) and its checkpoint restored; every
+parameter and BatchNorm statistic except the classifier head is copied into
+the new network, whose head keeps its fresh initialisation (so
+``model.num_classes`` may differ from the source's). Every other shape must
+match: the first one that does not is named in a one-line error.
+
+``finetune.freeze`` keeps the first layers fixed: 'stem', 'stage1' (stem and
+the first stage), 'stage2', ... or 'all' (everything but the head: a linear
+classifier on frozen features). Frozen parameters get no update (optax
+``set_to_zero`` through ``multi_transform``, so no weight decay, momentum or
+max-norm either) and frozen BatchNorm layers run in inference mode: they
+normalise with the source's running statistics and never change them, so
+the frozen part computes exactly the features it computed in the source.
+
+The import happens only when the run starts from nothing: a fine-tuning run
+that resumes from its own checkpoint never reads the source again (which
+may since have been moved or deleted).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+import checkpointing
+import models
+import optim
+import run_files
+
+HEAD = "head"
+
+
+def freezes(freeze: str | None) -> bool:
+    """Whether ``finetune.freeze`` fixes anything ('none', or None from ``=none`` on the CLI)."""
+    return freeze not in (None, "none")
+
+
+def num_frozen_stages(freeze: str | None, num_stages: int) -> int:
+    """How many stages ``freeze`` holds fixed (the stem too unless 'none'); validates it."""
+    allowed = (f"'none', 'stem', 'stage1'..'stage{num_stages}' or 'all'")
+    if not freezes(freeze) or freeze == "stem":
+        return 0
+    if freeze == "all":
+        return num_stages
+    k = freeze[len("stage"):] if freeze.startswith("stage") else ""
+    if not k.isdigit() or not 1 <= int(k) <= num_stages:
+        raise ValueError(f"finetune.freeze must be {allowed} for this network, got {freeze!r}")
+    return int(k)
+
+
+def frozen_predicate(freeze: str | None, num_stages: int) -> Callable[[tuple], bool]:
+    """``is_frozen(path)`` for a parameter or statistic path such as ('stages', 0, ...)."""
+    k = num_frozen_stages(freeze, num_stages)
+
+    def is_frozen(path: tuple) -> bool:
+        if not freezes(freeze) or not path or path[0] == HEAD:
+            return False
+        if path[0] == "stem":
+            return True
+        return path[0] == "stages" and int(path[1]) < k
+
+    return is_frozen
+
+
+def param_labels(is_frozen: Callable[[tuple], bool]) -> Callable[[Any], Any]:
+    """``optax.multi_transform`` labels: 'frozen' or 'train' for each parameter."""
+    return lambda params: optim.map_with_names(
+        lambda path, _: "frozen" if is_frozen(path) else "train", params)
+
+
+def keep_frozen(is_frozen: Callable[[tuple], bool], old: Any, new: Any) -> Any:
+    """``new`` with the frozen entries taken from ``old`` (exactly, whatever the step did)."""
+    return optim.map_with_names(lambda path, o, n: o if is_frozen(path) else n, old, new)
+
+
+def freeze_batch_norm(model: models.ResNet, freeze: str | None) -> None:
+    """Puts the frozen part of a model in training mode into inference mode (running stats)."""
+    if not freezes(freeze):
+        return
+    model.stem.eval()
+    for stage in list(model.stages)[:num_frozen_stages(freeze, len(model.stages))]:
+        stage.eval()
+
+
+# --------------------------------------------------------------------------- the source run
+
+
+def _flat_shapes(model: nnx.Module) -> dict[tuple, Any]:
+    _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    flat = {}
+    for tree in (params, batch_stats):
+        optim.map_with_names(lambda path, a: flat.setdefault(path, a.shape), tree)
+    return flat
+
+
+def _abstract_model(model_config: Any) -> nnx.Module:
+    return nnx.eval_shape(lambda: models.build_model(model_config))
+
+
+def source_step(config: ml_collections.ConfigDict) -> tuple[dict, int]:
+    """Checks the source run against ``config``; returns its config and checkpoint step.
+
+    Reads files and builds both networks' shapes only (no compute): a missing
+    run, a run without (that) checkpoint, inputs of another channel count or
+    a parameter whose shape differs is a one-line ValueError.
+    """
+    run, want = config.finetune.from_run, config.finetune.from_step
+    path = os.path.join(run, "config.json")
+    if not os.path.isfile(path):
+        what = "is not a run directory (no config.json)" if os.path.isdir(run) else "does not exist"
+        raise ValueError(f"finetune.from_run {run!r} {what}")
+    try:
+        source = run_files.read_json(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"finetune.from_run {run!r}: cannot read config.json ({e})") from e
+    steps = checkpointing.checkpoint_steps(run)
+    if not steps:
+        raise ValueError(f"finetune.from_run {run!r} has no checkpoint")
+    step = steps[-1] if want is None else int(want)
+    if step not in steps:
+        raise ValueError(f"finetune.from_step {step} is not a checkpoint of {run!r}; it has "
+                         f"steps {', '.join(map(str, steps))}")
+    src_model = source.get("model", {})
+    src_in, new_in = int(src_model.get("in_channels", 3)), int(config.model.in_channels)
+    if src_in != new_in:
+        raise ValueError(
+            f"finetune: {run!r} was trained on {src_in}-channel inputs "
+            f"(dataset {source.get('dataset')}), this run has {new_in} (dataset {config.dataset})")
+    if bool(src_model.get("scan_blocks", False)) != bool(config.model.scan_blocks):
+        raise ValueError(f"finetune: model.scan_blocks must match the source run's "
+                         f"({src_model.get('scan_blocks')}): it changes the parameter layout")
+    try:
+        src_shapes = _flat_shapes(_abstract_model(src_model))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"finetune: cannot build the network of {run!r}: {e}") from e
+    new_shapes = _flat_shapes(_abstract_model(config.model))
+    for p, shape in new_shapes.items():  # in the network's own (sorted) order
+        if p[0] == HEAD:
+            continue
+        if p not in src_shapes:
+            raise ValueError(f"finetune: parameter {'/'.join(map(str, p))} is not in {run!r} "
+                             "(another architecture?); only the classifier head may differ")
+        if src_shapes[p] != shape:
+            raise ValueError(f"finetune: parameter {'/'.join(map(str, p))} has shape {shape} "
+                             f"here but {src_shapes[p]} in {run!r}; only the classifier head "
+                             "may differ")
+    extra = [p for p in src_shapes if p[0] != HEAD and p not in new_shapes]
+    if extra:
+        raise ValueError(f"finetune: parameter {'/'.join(map(str, extra[0]))} of {run!r} has no "
+                         "place in this network (another architecture?)")
+    return source, step
+
+
+def import_source(config: ml_collections.ConfigDict, params: Any,
+                  batch_stats: Any) -> tuple[Any, Any]:
+    """``(params, batch_stats)`` of a fresh network with everything but the head from the source.
+
+    The source checkpoint's params and BatchNorm statistics are restored
+    (nothing else of its state: its optimizer may differ) onto this process's
+    first device, then copied leaf by leaf, cast to this network's dtypes.
+    """
+    source, step = source_step(config)
+    _, src_params, src_stats, _ = nnx.split(_abstract_model(source["model"]), nnx.Param,
+                                            nnx.BatchStat, ...)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                        {"params": src_params, "batch_stats": src_stats})
+    restored = checkpointing.restore_subtrees(config.finetune.from_run, step, like)
+    flat = {}
+    for tree in (restored["params"], restored["batch_stats"]):
+        optim.map_with_names(lambda path, a: flat.setdefault(path, a), tree)
+
+    def take(path, new):
+        if path[0] == HEAD:
+            return new
+        return np.asarray(flat[path]).astype(new.dtype)
+
+    return optim.map_with_names(take, params), optim.map_with_names(take, batch_stats)
