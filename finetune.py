@@ -66,6 +66,8 @@ def frozen_predicate(freeze: str | None, num_stages: int) -> Callable[[tuple], b
             return False
         if path[0] == "stem":
             return True
+        if path[0] == "final":  # a pre-activation net's last BN-act belongs to the last stage
+            return k == num_stages
         return path[0] == "stages" and int(path[1]) < k
 
     return is_frozen
@@ -87,8 +89,11 @@ def freeze_batch_norm(model: models.ResNet, freeze: str | None) -> None:
     if not freezes(freeze):
         return
     model.stem.eval()
-    for stage in list(model.stages)[:num_frozen_stages(freeze, len(model.stages))]:
+    k = num_frozen_stages(freeze, len(model.stages))
+    for stage in list(model.stages)[:k]:
         stage.eval()
+    if model.final is not None and k == len(model.stages):
+        model.final.eval()
 
 
 # --------------------------------------------------------------------------- the source run

@@ -68,8 +68,8 @@ def test_import_copies_every_parameter_and_statistic_but_the_head(source):
     # from_step picks an older checkpoint: the copied values change.
     older = finetune.import_source(_finetune_config(source, **{"finetune.from_step": 5}),
                                    *nnx.split(model, nnx.Param, nnx.BatchStat, ...)[1:3])
-    assert not np.array_equal(np.asarray(older[0]["stem"]["unit"]["conv"]["kernel"][...]),
-                              want[("params", "stem", "unit", "conv", "kernel")])
+    assert not np.array_equal(np.asarray(older[0]["stem"]["conv"]["kernel"][...]),
+                              want[("params", "stem", "conv", "kernel")])
 
 
 @pytest.mark.parametrize("freeze,frozen", [
@@ -93,16 +93,16 @@ def test_frozen_layers_stay_bit_identical_and_the_rest_trains(tmp_path, source, 
 
 
 def test_freeze_levels_name_the_stem_and_the_first_stages():
-    paths = [("stem", "unit", "conv", "kernel"), ("stages", 0, "blocks", 0, "unit1", "bn", "mean"),
+    paths = [("stem", "conv", "kernel"), ("stages", 0, "blocks", 0, "unit1", "bn", "mean"),
              ("stages", 1, "repeated", "unit2", "conv", "kernel"), ("stages", 2, "blocks", 0),
-             ("head", "kernel")]
+             ("head", "kernel"), ("final", "bn", "scale")]  # final: pre-activation nets' BN-act
     frozen = {level: [finetune.frozen_predicate(level, 3)(p) for p in paths]
               for level in (None, "none", "stem", "stage1", "stage2", "stage3", "all")}
-    assert frozen[None] == frozen["none"] == [False] * 5
-    assert frozen["stem"] == [True, False, False, False, False]
-    assert frozen["stage1"] == [True, True, False, False, False]
-    assert frozen["stage2"] == [True, True, True, False, False]
-    assert frozen["stage3"] == frozen["all"] == [True, True, True, True, False]
+    assert frozen[None] == frozen["none"] == [False] * 6
+    assert frozen["stem"] == [True, False, False, False, False, False]
+    assert frozen["stage1"] == [True, True, False, False, False, False]
+    assert frozen["stage2"] == [True, True, True, False, False, False]
+    assert frozen["stage3"] == frozen["all"] == [True, True, True, True, False, True]
 
 
 def test_frozen_batchnorm_runs_on_its_running_statistics():
