@@ -310,10 +310,11 @@ def step_losses(runs: list[Run]) -> dict[str, list[float]]:
     """What the training-loss figure plots for one network (several seeds averaged).
 
     ``steps``/``loss``: every step's loss, from the metric lines' ``train_losses``
-    (empty for runs logged before it existed); ``interval_steps``/``interval_mean``
-    /``interval_std``: per log line, the logged mean loss and the standard
-    deviation of the steps' losses around it (0 without per-step losses).
-    Each is the mean over the runs, at the steps every run logged.
+    (empty for runs logged before it existed); per log line (``interval_steps``):
+    the logged mean loss (``interval_mean``), the standard deviation of the
+    steps' losses around it (``interval_std``) and their range
+    (``interval_min``/``interval_max``; without per-step losses: std 0, range
+    the mean). Each is the mean over the runs, at the steps every run logged.
     """
     per_step, per_line = [], []
     for r in runs:
@@ -325,22 +326,22 @@ def step_losses(runs: list[Run]) -> dict[str, list[float]]:
             for i, v in enumerate(losses):
                 steps[m["step"] - len(losses) + 1 + i] = v
             lines[m["step"]] = (m["train_loss"],
-                                statistics.pstdev(losses) if len(losses) > 1 else 0.0)
+                                statistics.pstdev(losses) if len(losses) > 1 else 0.0,
+                                min(losses, default=m["train_loss"]),
+                                max(losses, default=m["train_loss"]))
         if lines:
             per_step.append(steps)
             per_line.append(lines)
+    fields = ("interval_mean", "interval_std", "interval_min", "interval_max")
     if not per_line:
-        return {k: [] for k in ("steps", "loss", "interval_steps", "interval_mean",
-                                "interval_std")}
+        return {k: [] for k in ("steps", "loss", "interval_steps", *fields)}
     common = sorted(set.intersection(*(set(s) for s in per_step)))
     logged = sorted(set.intersection(*(set(s) for s in per_line)))
-    return {
-        "steps": common,
-        "loss": [statistics.fmean(s[t] for s in per_step) for t in common],
-        "interval_steps": logged,
-        "interval_mean": [statistics.fmean(s[t][0] for s in per_line) for t in logged],
-        "interval_std": [statistics.fmean(s[t][1] for s in per_line) for t in logged],
-    }
+    out = {"steps": common, "loss": [statistics.fmean(s[t] for s in per_step) for t in common],
+           "interval_steps": logged}
+    for i, name in enumerate(fields):
+        out[name] = [statistics.fmean(s[t][i] for s in per_line) for t in logged]
+    return out
 
 
 def fit_gap(runs: list[Run]) -> dict:
@@ -386,7 +387,8 @@ def _save(plt, fig, out_base: str) -> list[str]:
 
 def plot_step_losses(rows: list[Row], out_base: str) -> tuple[list[str], dict[str, dict]]:
     """Every step's training loss per network (thin), the log interval's mean (bold) and
-    +- one standard deviation of the steps around it (shaded); log scale.
+    the range of its steps (shaded); log scale. Panel titles give the median over
+    intervals of std / mean of the steps' losses (the relative gradient noise).
 
     Returns the files and, per network label, the series plotted (``step_losses``).
     """
@@ -397,16 +399,15 @@ def plot_step_losses(rows: list[Row], out_base: str) -> tuple[list[str], dict[st
         if d["steps"]:
             ax.plot(d["steps"], d["loss"], color="tab:blue", linewidth=0.5, alpha=0.5,
                     label="each step")
-        mean, std = (list(map(float, d[k])) for k in ("interval_mean", "interval_std"))
-        ax.fill_between(d["interval_steps"], [max(m - s, 1e-8) for m, s in zip(mean, std,
-                                                                              strict=True)],
-                        [m + s for m, s in zip(mean, std, strict=True)], color="tab:orange",
-                        alpha=0.3, label="± 1 std of the steps")
-        ax.plot(d["interval_steps"], mean, color="tab:orange", linewidth=1.8,
+        ax.fill_between(d["interval_steps"], d["interval_min"], d["interval_max"],
+                        color="tab:orange", alpha=0.3, label="range of the interval's steps")
+        ax.plot(d["interval_steps"], d["interval_mean"], color="tab:orange", linewidth=1.8,
                 label="interval mean")
-        if any(v > 0 for v in mean):
+        if d["interval_mean"] and min(d["interval_min"]) > 0:
             ax.set_yscale("log")
-        spread = f", median std {statistics.median(std):.3g}" if any(std) else ""
+        relative = [s / m for s, m in zip(d["interval_std"], d["interval_mean"], strict=True)
+                    if s > 0 and m > 0]
+        spread = f", median std/mean {statistics.median(relative):.2f}" if relative else ""
         ax.set_title(f"{row.label}{spread}", fontsize=9)
         ax.set_xlabel("iterations")
         ax.grid(alpha=0.3)

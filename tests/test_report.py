@@ -160,9 +160,11 @@ def test_diagnostics_plot_what_the_metrics_say(tmp_path):
     np.testing.assert_allclose(res["interval_std"], [
         (np.std(losses[0]) + np.std([4.0, 3.0, 2.0])) / 2,
         (np.std(losses[1]) + np.std([1.5, 0.9, 0.3])) / 2])
+    np.testing.assert_allclose(res["interval_min"], [(1.0 + 2.0) / 2, (0.3 + 0.3) / 2])
+    np.testing.assert_allclose(res["interval_max"], [(2.0 + 4.0) / 2, (0.7 + 1.5) / 2])
     old = plotted["plain-20"]
     assert old["steps"] == [] and old["interval_mean"] == [1.0, 1.0, 1.0]
-    assert old["interval_std"] == [0.0, 0.0, 0.0]
+    assert old["interval_std"] == [0.0, 0.0, 0.0] and old["interval_max"] == [1.0, 1.0, 1.0]
 
     _, gaps = report.plot_fit_gap(rows, str(tmp_path / "gap"))
     res = gaps["ResNet-20"]  # both runs have a validation split: val, not test
