@@ -234,10 +234,9 @@ class InMemoryFeed:
 
         ``sums`` holds the summed (loss, error, steps) of the chunk and each step's
         loss (``add_step``), on device. The batch of step s is a pure function of
-        (seed, s), so a resumed run sees the
-        batches an uninterrupted one would (``start_step`` is not needed). With
-        ``imbalance.counter='resample'`` batches are class-balanced
-        (``input_pipeline.balanced_batch_indices``). On
+        (seed, s), so a resumed run sees the batches an uninterrupted one would
+        (``start_step`` is not needed). With ``imbalance.counter='resample'``
+        batches are class-balanced (``input_pipeline.balanced_batch_indices``). On
         accelerators the whole chunk is one dispatch (``lax.fori_loop``); on CPU,
         where XLA runs convolutions inside loops about 10x slower, each step is
         its own dispatch.
@@ -295,8 +294,10 @@ class InMemoryFeed:
         return run
 
     def make_evaluate(self, trainer) -> EvalFn:
-        """``evaluate(params, batch_stats) -> {test_error, test_loss, test_error_per_class
-        [, val_...]}``."""
+        """``evaluate(params, batch_stats) -> {test_error, test_loss, test_error_per_class, ...}``.
+
+        The same three for ``val`` when the run holds out a validation split.
+        """
         size = 2 * trainer.config.model.num_classes + 3
 
         def sums(params, batch_stats, split, mean):
