@@ -28,6 +28,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """Steps of the complete checkpoints on disk (the last ``keep``), oldest first."""
+        return sorted(self.manager.all_steps())
+
     def save(self, step: int, state: Any) -> None:
         """Starts an asynchronous save; training continues while it is written."""
         self.manager.save(step, args=ocp.args.StandardSave(state))

@@ -21,6 +21,7 @@ each block's branch response).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -38,11 +39,33 @@ EvalFn = Callable[[Any, Any], dict[str, float]]
 
 
 def eval_batch_sums(model, x: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
-    """(wrong, summed loss, count) over the real (mask=1) examples of one batch."""
+    """Sums over the real (mask=1) examples of one batch, as one vector of 2K + 3 numbers.
+
+    (wrong, summed loss, wrong per class (K), examples per class (K), count):
+    the per-class error of an imbalanced run comes out of the same pass. The
+    count is last, as in every sum vector here (``StreamingFeed.reduce_split``
+    stops on it); ``eval_metrics`` reads the vector.
+    """
     logits = model(x)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    wrong = (jnp.argmax(logits, -1) != y).astype(jnp.float32)
-    return jnp.stack([(wrong * mask).sum(), (loss * mask).sum(), mask.sum()])
+    wrong = (jnp.argmax(logits, -1) != y).astype(jnp.float32) * mask
+    in_class = jax.nn.one_hot(y, logits.shape[-1], dtype=jnp.float32) * mask[:, None]
+    return jnp.concatenate([jnp.stack([wrong.sum(), (loss * mask).sum()]),
+                            (wrong[:, None] * in_class).sum(0), in_class.sum(0), mask.sum()[None]])
+
+
+def eval_metrics(name: str, sums: np.ndarray) -> dict[str, Any]:
+    """``{name}_error``, ``{name}_loss`` and ``{name}_error_per_class`` from ``eval_batch_sums``.
+
+    A class without examples in the split has error None.
+    """
+    sums = np.asarray(sums, np.float64)
+    k = (len(sums) - 3) // 2
+    wrong, loss, count = sums[0], sums[1], sums[-1]
+    per_class = [float(w / c) if c else None
+                 for w, c in zip(sums[2:2 + k], sums[2 + k:2 + 2 * k], strict=True)]
+    return {f"{name}_error": float(wrong / count), f"{name}_loss": float(loss / count),
+            f"{name}_error_per_class": per_class}
 
 
 def response_batch_sums(model, x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -90,6 +113,28 @@ def _steps_until_log(config, total: int, step: int) -> int:
     return min(config.log_every_steps - step % config.log_every_steps, total - step)
 
 
+def _zero_chunk_sums(config) -> jax.Array:
+    return jnp.zeros(3 + config.log_every_steps)
+
+
+def add_step(sums: jax.Array, loss: jax.Array, error: jax.Array) -> jax.Array:
+    """Adds one step to a chunk's sums: (loss, error, steps) totals, then each step's loss.
+
+    The vector has 3 + log_every_steps entries; step i of the chunk writes its
+    loss at 3 + i, so the log line can show the step-to-step spread (the
+    gradient noise of the batch size) for the price of one scalar store.
+    """
+    i = 3 + sums[2].astype(jnp.int32)
+    return sums.at[i].set(loss).at[:3].add(jnp.stack([loss, error, 1.0]))
+
+
+def read_chunk_sums(sums: np.ndarray) -> tuple[float, float, int, list[float]]:
+    """(summed loss, summed error, steps, each step's loss) from ``add_step``'s vector."""
+    sums = np.asarray(sums)
+    count = int(sums[2])
+    return float(sums[0]), float(sums[1]), count, [float(v) for v in sums[3:3 + count]]
+
+
 # --------------------------------------------------------------------------- in memory
 
 
@@ -122,14 +167,14 @@ def padded_eval_split(mesh, split: input_pipeline.Split, batch_size: int) -> dic
             for k, v in host.items()}
 
 
-def sum_over_split(trainer, batch_sums: Callable, init: jax.Array, params, batch_stats,
-                   split: dict[str, jax.Array], stats: dict[str, jax.Array]) -> jax.Array:
-    """Adds ``batch_sums(model, x, batch)`` over a padded split on device (one ``lax.scan``).
+def _scan_split(trainer, batch_fn: Callable, init: jax.Array, params, batch_stats,
+                split: dict[str, jax.Array], stats: dict[str, jax.Array]) -> tuple[jax.Array, Any]:
+    """``batch_fn(model, x, batch) -> (sums, out)`` over a padded split in one ``lax.scan``.
 
     Images are normalised with ``stats`` exactly as in training, without augmentation.
-
-    Parameters ride in the scan's carry and the model is built inside the body:
-    nnx.scan (scanned stages) refuses variables from an outer trace level.
+    Returns the summed sums and the stacked outs. Parameters ride in the scan's
+    carry and the model is built inside the body: nnx.scan (scanned stages)
+    refuses variables from an outer trace level.
     """
 
     def body(carry, batch):
@@ -137,9 +182,44 @@ def sum_over_split(trainer, batch_sums: Callable, init: jax.Array, params, batch
         model = trainer.model(params, batch_stats)
         model.eval()
         x = input_pipeline.normalize_batch(batch["images"], stats)
-        return (acc + batch_sums(model, x, batch), params, batch_stats), None
+        sums, out = batch_fn(model, x, batch)
+        return (acc + sums, params, batch_stats), out
 
-    return jax.lax.scan(body, (init, params, batch_stats), split)[0][0]
+    (acc, _, _), outs = jax.lax.scan(body, (init, params, batch_stats), split)
+    return acc, outs
+
+
+def sum_over_split(trainer, batch_sums: Callable, init: jax.Array, params, batch_stats,
+                   split: dict[str, jax.Array], stats: dict[str, jax.Array]) -> jax.Array:
+    """Adds ``batch_sums(model, x, batch)`` over a padded split on device (one ``lax.scan``)."""
+    return _scan_split(trainer, lambda model, x, batch: (batch_sums(model, x, batch), None),
+                       init, params, batch_stats, split, stats)[0]
+
+
+def make_class_probabilities(trainer, mesh, split: input_pipeline.Split,
+                             stats: dict[str, np.ndarray]) -> Callable[[Any, Any], np.ndarray]:
+    """``probs(params, batch_stats) -> (N, classes)``: the model's softmax on an in-memory split.
+
+    Padded, batched and normalised as the evaluation pass is (same eval batch
+    size, the run's own normalisation ``stats``), so the argmax gives the logged error. The
+    probabilities are computed on device (one ``lax.scan``) and returned on
+    the host; compiled once, for any parameters of the trainer's model.
+    """
+    n = len(split.labels)
+    padded = padded_eval_split(mesh, split, _eval_batch_size(trainer.config, mesh.devices.size, n))
+    stats = parallel.replicate(stats, mesh)
+
+    def softmax(model, x, batch):
+        return 0.0, jax.nn.softmax(model(x).astype(jnp.float32), axis=-1)
+
+    probs_fn = jax.jit(lambda params, batch_stats, split, stats: _scan_split(
+        trainer, softmax, jnp.zeros(()), params, batch_stats, split, stats)[1])
+
+    def probs(params, batch_stats) -> np.ndarray:
+        out = np.asarray(probs_fn(params, batch_stats, padded, stats))
+        return out.reshape(-1, out.shape[-1])[:n]
+
+    return probs
 
 
 class InMemoryFeed:
@@ -153,6 +233,8 @@ class InMemoryFeed:
         self.input_wait_s = 0.0  # no host input on the hot path, by construction
         self.num_train = len(data.train.labels)
         self.num_classes = data.num_classes
+        self.train_labels = data.train.labels  # host copy, for class counts and balanced sampling
+        self.class_counts = np.bincount(data.train.labels, minlength=data.num_classes)
         self.image_shape = data.train.images.shape[1:]
         # Normalisation (and PCA lighting) statistics of the train split, on every device.
         self.stats = parallel.replicate(input_pipeline.normalization_arrays(data, config), mesh)
@@ -167,9 +249,11 @@ class InMemoryFeed:
     def make_train_chunk(self, trainer, start_step: int) -> Callable:
         """``run(state, step) -> (state, sums)``: every step up to the next log step.
 
-        ``sums`` holds the summed (loss, error, steps) of the chunk, on device. The
-        batch of step s is a pure function of (seed, s), so a resumed run sees the
-        batches an uninterrupted one would (``start_step`` is not needed). On
+        ``sums`` holds the summed (loss, error, steps) of the chunk and each step's
+        loss (``add_step``), on device. The batch of step s is a pure function of
+        (seed, s), so a resumed run sees the batches an uninterrupted one would
+        (``start_step`` is not needed). With ``imbalance.counter='resample'``
+        batches are class-balanced (``input_pipeline.balanced_batch_indices``). On
         accelerators the whole chunk is one dispatch (``lax.fori_loop``); on CPU,
         where XLA runs convolutions inside loops about 10x slower, each step is
         its own dispatch.
@@ -180,29 +264,38 @@ class InMemoryFeed:
         order_key, augment_key = jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
         batch_sharding = parallel.batch_sharded(self.mesh)
         num_train, log_every = self.num_train, config.log_every_steps
+        data = {**self.train, "stats": self.stats}
+        resample = config.imbalance.counter == "resample"
+        if resample:
+            index = input_pipeline.ClassIndex.from_labels(self.train_labels)
+            data["class_index"] = parallel.replicate(dataclasses.asdict(index), self.mesh)
 
         def one_step(state, data, sums):
-            idx = input_pipeline.batch_indices(order_key, state.step, num_train,
-                                               config.batch_size)
+            if resample:
+                idx = input_pipeline.balanced_batch_indices(order_key, state.step,
+                                                            data["class_index"], config.batch_size)
+            else:
+                idx = input_pipeline.batch_indices(order_key, state.step, num_train,
+                                                   config.batch_size)
             idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
             x = input_pipeline.train_inputs(jax.random.fold_in(augment_key, state.step),
                                             data["images"][idx], config.augment, data["stats"])
             state, loss, error = trainer.apply_gradients(state, x, data["labels"][idx])
-            return state, sums + jnp.stack([loss, error, 1.0])
+            return state, add_step(sums, loss, error)
 
-        data = {**self.train, "stats": self.stats}
         if config.loop_on_device:
 
             def chunk(state, data):
                 n = jnp.minimum(log_every - state.step % log_every, total - state.step)
                 body = lambda _, c: one_step(c[0], data, c[1])  # noqa: E731
-                return jax.lax.fori_loop(0, n, body, (state, jnp.zeros(3)))
+                return jax.lax.fori_loop(0, n, body, (state, _zero_chunk_sums(config)))
 
             chunk_fn = jax.jit(chunk, donate_argnums=0)
             return lambda state, step: chunk_fn(state, data)
 
         step_fn = jax.jit(one_step, donate_argnums=(0, 2))
-        zeros = jax.jit(lambda: jnp.zeros(3), out_shardings=parallel.replicated(self.mesh))
+        zeros = jax.jit(lambda: _zero_chunk_sums(config),
+                        out_shardings=parallel.replicated(self.mesh))
 
         def run(state, step):
             sums = zeros()
@@ -213,22 +306,24 @@ class InMemoryFeed:
         return run
 
     def make_evaluate(self, trainer) -> EvalFn:
-        """``evaluate(params, batch_stats) -> {test_error, test_loss[, val_...]}``."""
+        """``evaluate(params, batch_stats) -> {test_error, test_loss, test_error_per_class, ...}``.
+
+        The same three for ``val`` when the run holds out a validation split.
+        """
+        size = 2 * trainer.config.model.num_classes + 3
 
         def sums(params, batch_stats, split, stats):
             return sum_over_split(
                 trainer, lambda model, x, batch: eval_batch_sums(
                     model, x, batch["labels"], batch["mask"]),
-                jnp.zeros(3), params, batch_stats, split, stats)
+                jnp.zeros(size), params, batch_stats, split, stats)
 
         sums_fn = jax.jit(sums)
 
         def evaluate(params, batch_stats):
             out = {}
             for name, split in self.eval_splits.items():
-                wrong, loss, count = np.asarray(sums_fn(params, batch_stats, split, self.stats))
-                out[f"{name}_error"] = float(wrong / count)
-                out[f"{name}_loss"] = float(loss / count)
+                out.update(eval_metrics(name, sums_fn(params, batch_stats, split, self.stats)))
             return out
 
         return evaluate
@@ -311,10 +406,11 @@ class StreamingFeed:
                                                    config.augment, lighting)
             x = input_pipeline.normalize(images, mean, std=std)
             state, loss, error = trainer.apply_gradients(state, x, labels)
-            return state, sums + jnp.stack([loss, error, 1.0])
+            return state, add_step(sums, loss, error)
 
         step_fn = jax.jit(one_step, donate_argnums=(0, 3))
-        zeros = jax.jit(lambda: jnp.zeros(3), out_shardings=parallel.replicated(self.mesh))
+        zeros = jax.jit(lambda: _zero_chunk_sums(config),
+                        out_shardings=parallel.replicated(self.mesh))
 
         def run(state, step):
             sums = zeros()
@@ -360,9 +456,8 @@ class StreamingFeed:
         def evaluate(params, batch_stats):
             out = {}
             for name, split in self.eval_split_names.items():
-                wrong, loss, count = self.reduce_split(split, batch_fn, params, batch_stats)
-                out[f"{name}_error"] = float(wrong / count)
-                out[f"{name}_loss"] = float(loss / count)
+                out.update(eval_metrics(name, self.reduce_split(split, batch_fn, params,
+                                                                batch_stats)))
             return out
 
         return evaluate

@@ -85,6 +85,37 @@ def _take(split: Split, idx: np.ndarray) -> Split:
     return Split(split.images[idx], split.labels[idx])
 
 
+def imbalanced_subset(labels: np.ndarray, classes, keep_fraction: float,
+                      seed: int) -> np.ndarray:
+    """Sorted indices of a deterministically imbalanced subset of a training split.
+
+    Every class in ``classes`` keeps ``max(1, round(keep_fraction * n_c))`` of
+    its ``n_c`` examples, drawn without replacement by a generator seeded with
+    (seed, class); the other classes keep all theirs. Same seed, same subset.
+    """
+    keep = [np.arange(len(labels))[~np.isin(labels, list(classes))]]
+    for c in sorted(int(c) for c in classes):
+        members = np.flatnonzero(labels == c)
+        n = max(1, round(keep_fraction * len(members))) if len(members) else 0
+        keep.append(np.random.default_rng([seed, c]).permutation(members)[:n])
+    return np.sort(np.concatenate(keep))
+
+
+def inverse_frequency_weights(class_counts: np.ndarray) -> np.ndarray:
+    """Per-class loss weights proportional to 1 / n_c, averaging 1 over the training examples.
+
+    With ``w_c = N / (K * n_c)`` (K classes present, N examples) the weighted
+    mean loss over the training set is the unweighted mean of the per-class
+    mean losses: every class counts as much as if the data were balanced.
+    Classes without examples get weight 0 (they never appear in a batch).
+    """
+    counts = np.asarray(class_counts, np.float64)
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.astype(np.float32)
+
+
 def _load_digits() -> tuple[Split, Split, int]:
     from sklearn.datasets import load_digits  # noqa: PLC0415
 
@@ -157,6 +188,11 @@ def load_in_memory(config: Any) -> InMemoryData:
             )
         kept, held = _stratified_split(train.labels, n_val, seed=int(config.get("data_seed", 0)))
         train, val = _take(train, kept), _take(train, held)
+    imbalance = config.get("imbalance")
+    if imbalance is not None and imbalance.get("classes") is not None:
+        train = _take(train, imbalanced_subset(
+            train.labels, imbalance.classes, float(imbalance.keep_fraction),
+            seed=int(config.get("data_seed", 0))))
     mean = (train.images.astype(np.float64) / 255.0).mean(axis=0).astype(np.float32)
     data = InMemoryData(name, num_classes, train, test, val, mean)
     return with_statistics(data, config)
@@ -279,6 +315,36 @@ def batch_indices(key: jax.Array, step, num_examples: int, batch_size: int) -> j
     epoch, within = step // steps_per_epoch, step % steps_per_epoch
     perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
     return jax.lax.dynamic_slice(perm, (within * batch_size,), (batch_size,)).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassIndex:
+    """Training examples grouped by class, for class-balanced sampling on device."""
+
+    order: np.ndarray  # (N,) int32: example indices sorted by class
+    offsets: np.ndarray  # (K,) int32: where each present class starts in ``order``
+    counts: np.ndarray  # (K,) int32: examples of each present class (all > 0)
+
+    @classmethod
+    def from_labels(cls, labels: np.ndarray) -> ClassIndex:
+        order = np.argsort(labels, kind="stable").astype(np.int32)
+        _, offsets, counts = np.unique(labels[order], return_index=True, return_counts=True)
+        return cls(order, offsets.astype(np.int32), counts.astype(np.int32))
+
+
+def balanced_batch_indices(key: jax.Array, step, index: dict[str, jax.Array],
+                           batch_size: int) -> jax.Array:
+    """Indices of a class-balanced batch: each example draws a class uniformly, then a member.
+
+    ``index`` holds a ``ClassIndex``'s arrays (on device). Sampling is with
+    replacement, a pure function of (key, step) like ``batch_indices``, so a
+    resumed run sees the same batches; rare classes repeat, common ones are
+    seen less often (class-balanced re-sampling).
+    """
+    class_key, member_key = jax.random.split(jax.random.fold_in(key, step))
+    k = jax.random.randint(class_key, (batch_size,), 0, index["counts"].shape[0])
+    within = jax.random.randint(member_key, (batch_size,), 0, index["counts"][k])
+    return index["order"][index["offsets"][k] + within]
 
 
 def augment_batch(key: jax.Array, images: jax.Array, *, crop_padding: int, flip: bool) -> jax.Array:

@@ -200,6 +200,7 @@ def plateau_update(config: ml_collections.ConfigDict, plateau: optim.PlateauStat
 # --------------------------------------------------------------------------- validation
 
 KNOWN_SCHEDULES = ("piecewise", "cosine", "plateau")
+IMBALANCE_COUNTERS = ("none", "resample", "reweight")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
@@ -251,6 +252,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None) 
         raise ValueError(f"val_examples must be >= 0, got {config.val_examples}")
     validate_inputs(config)
     _validate_extras(config)
+    _validate_imbalance(config)
 
 
 def validate_inputs(config: ml_collections.ConfigDict) -> None:
@@ -320,6 +322,27 @@ def _validate_extras(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"finetune.from_step must be >= 0 (or None = latest), got {ft.from_step}")
 
 
+def _validate_imbalance(config: ml_collections.ConfigDict) -> None:
+    imb = config.imbalance
+    # None is what the command line makes of --config.imbalance.counter=none.
+    if imb.counter not in (None, *IMBALANCE_COUNTERS):
+        raise ValueError(f"imbalance.counter must be one of {', '.join(IMBALANCE_COUNTERS)}, "
+                         f"got {imb.counter!r}")
+    used = imb.classes is not None or imb.counter not in (None, "none")
+    if used and config.dataset not in input_pipeline.IN_MEMORY_DATASETS:
+        raise ValueError(f"imbalance is available for in-memory datasets only "
+                         f"({', '.join(input_pipeline.IN_MEMORY_DATASETS)}), not {config.dataset}")
+    if imb.classes is None:
+        return
+    k = config.model.num_classes
+    if (not all(isinstance(c, int) and 0 <= c < k for c in imb.classes)
+            or len(set(imb.classes)) != len(imb.classes) or not imb.classes):
+        raise ValueError(f"imbalance.classes must be distinct class ids in [0, {k}), "
+                         f"got {tuple(imb.classes)}")
+    if not 0 < imb.keep_fraction <= 1:
+        raise ValueError(f"imbalance.keep_fraction must be in (0, 1], got {imb.keep_fraction}")
+
+
 # --------------------------------------------------------------------------- state and steps
 
 
@@ -344,6 +367,7 @@ class Trainer:
     rest: Any
     tx: optax.GradientTransformation
     schedule: Schedule
+    class_weights: Any = None  # (classes,) loss weight per label (imbalance.counter='reweight')
 
     def model(self, params, batch_stats) -> models.ResNet:
         return nnx.merge(self.graphdef, params, batch_stats, self.rest)
@@ -353,7 +377,10 @@ class Trainer:
         model.train()
         finetune.freeze_batch_norm(model, self.config.finetune.freeze)
         logits = model(x, rng=rng)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        if self.class_weights is not None:
+            loss = loss * jnp.asarray(self.class_weights)[y]
+        loss = loss.mean()
         error = jnp.mean(jnp.argmax(logits, -1) != y)
         return loss, (error, nnx.state(model, nnx.BatchStat))
 
@@ -403,12 +430,19 @@ def init_state(trainer_parts: tuple, config: ml_collections.ConfigDict, mesh) ->
     return parallel.replicate(state, mesh)
 
 
-def build_trainer(config: ml_collections.ConfigDict, mesh, schedule: Schedule):
+def build_trainer(config: ml_collections.ConfigDict, mesh, schedule: Schedule,
+                  class_weights=None):
+    """The Trainer and the initial (graphdef, params, batch_stats, rest) of ``config.model``.
+
+    ``class_weights`` (classes,) multiplies each example's loss by its label's
+    weight (``input_pipeline.inverse_frequency_weights`` for re-weighting).
+    """
     model = models.build_model(
         config.model, seed=config.seed, bn_axis_name=parallel.bn_axis_name(config.batch_norm)
     )
     graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    trainer = Trainer(config, mesh, graphdef, rest, make_optimizer(config), schedule)
+    trainer = Trainer(config, mesh, graphdef, rest, make_optimizer(config), schedule,
+                      class_weights)
     return trainer, (graphdef, params, batch_stats, rest)
 
 
@@ -472,7 +506,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _run(config: ml_collections.ConfigDict, workdir: str, mesh, feed, schedule,
          run: run_files.RunDir, sig: _SignalFlag) -> dict:
-    trainer, parts = build_trainer(config, mesh, schedule)
+    weights = None
+    if config.imbalance.counter == "reweight":
+        weights = input_pipeline.inverse_frequency_weights(feed.class_counts)
+    trainer, parts = build_trainer(config, mesh, schedule, weights)
     num_params = sum(x.size for x in jax.tree.leaves(parts[1]))
     ckpt = Checkpointer(workdir, config.keep_checkpoints)
     start = ckpt.latest_step()
@@ -495,7 +532,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, feed, schedule,
     t0, t_log, step = time.time(), time.time(), start
     while step < schedule.total_steps:
         state, sums = chunk_fn(state, step)
-        loss_sum, err_sum, count = (float(v) for v in jax.device_get(sums))
+        loss_sum, err_sum, count, step_losses = data_feed.read_chunk_sums(jax.device_get(sums))
         step = int(state.step)
         now = time.time()
         bad = int(state.first_bad_step)
@@ -508,6 +545,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, mesh, feed, schedule,
             "lr": float(learning_rate(config, schedule, step - 1, state.warm,
                                       state.plateau.scale)),
             "train_loss": loss_sum / count,
+            "train_losses": step_losses,  # each step's loss (its spread: gradient noise)
             "train_error": err_sum / count,
             "images_per_sec": count * config.batch_size / max(now - t_log, 1e-9),
             "elapsed_s": elapsed_before + now - t0,

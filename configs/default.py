@@ -42,6 +42,16 @@ def get_config() -> ml_collections.ConfigDict:
     # (pixels in [0, 1]; larger = milder whitening of low-variance directions).
     c.whiten_over = "image"
     c.whiten_epsilon = 1e-3
+    # Class imbalance (in-memory datasets only): keep a fraction of some classes'
+    # training examples (the split's val and test examples are untouched); the
+    # subset is a pure function of data_seed. Off by default (the paper's data).
+    c.imbalance = ml_collections.ConfigDict()
+    c.imbalance.classes = placeholder(tuple)  # class ids to thin out, e.g. (0, 1, 2); None = off
+    c.imbalance.keep_fraction = 1.0  # in (0, 1]: share of each listed class kept (rounded, >= 1)
+    # Counter-measure: 'none' | 'resample' (each example of a batch draws its class
+    # uniformly, then an example of it) | 'reweight' (per-example loss times
+    # inverse training-class frequency, weights averaging 1 over the training set).
+    c.imbalance.counter = "none"
 
     c.model = ml_collections.ConfigDict()
     # 'cifar' (6n+2 basic, 9n+2 bottleneck) | 'imagenet' (18/34/50/101/152) | 'wrn' (6n+4)

@@ -7,7 +7,11 @@ layer_responses.json; JSON, never pickle) and writes into STUDY_DIR:
 ``curves.png/.svg`` (plain nets left, residual right, training error dashed,
 test error bold, one colour per depth), ``results.md/.csv`` (one row per
 network, mean +- std over seeds, the paper's number beside ours), verdict
-lines computed from the data, and ``layer_responses.png/.svg`` (Fig. 7).
+lines computed from the data, ``layer_responses.png/.svg`` (Fig. 7), and two
+diagnostics, one panel per network: ``train_loss.png/.svg`` (every step's
+training loss, its mean and spread per log interval: the gradient noise of
+the batch size) and ``fit_gap.png/.svg`` (training vs validation error, or
+test error without a validation split, the gap shaded: over/under-fitting).
 """
 
 from __future__ import annotations
@@ -366,6 +370,148 @@ def plot_responses(rows: list[Row], out_base: str) -> list[str]:
     return paths
 
 
+# --------------------------------------------------------------------------- diagnostics
+
+
+def step_losses(runs: list[Run]) -> dict[str, list[float]]:
+    """What the training-loss figure plots for one network (several seeds averaged).
+
+    ``steps``/``loss``: every step's loss, from the metric lines' ``train_losses``
+    (empty for runs logged before it existed); per log line (``interval_steps``):
+    the logged mean loss (``interval_mean``), the standard deviation of the
+    steps' losses around it (``interval_std``) and their range
+    (``interval_min``/``interval_max``; without per-step losses: std 0, range
+    the mean). Each is the mean over the runs, at the steps every run logged.
+    """
+    per_step, per_line = [], []
+    for r in runs:
+        steps, lines = {}, {}
+        for m in r.metrics:
+            if m.get("train_loss") is None:
+                continue
+            losses = m.get("train_losses") or []
+            for i, v in enumerate(losses):
+                steps[m["step"] - len(losses) + 1 + i] = v
+            lines[m["step"]] = (m["train_loss"],
+                                statistics.pstdev(losses) if len(losses) > 1 else 0.0,
+                                min(losses, default=m["train_loss"]),
+                                max(losses, default=m["train_loss"]))
+        if lines:
+            per_step.append(steps)
+            per_line.append(lines)
+    fields = ("interval_mean", "interval_std", "interval_min", "interval_max")
+    if not per_line:
+        return {k: [] for k in ("steps", "loss", "interval_steps", *fields)}
+    common = sorted(set.intersection(*(set(s) for s in per_step)))
+    logged = sorted(set.intersection(*(set(s) for s in per_line)))
+    out = {"steps": common, "loss": [statistics.fmean(s[t] for s in per_step) for t in common],
+           "interval_steps": logged}
+    for i, name in enumerate(fields):
+        out[name] = [statistics.fmean(s[t][i] for s in per_line) for t in logged]
+    return out
+
+
+def fit_gap(runs: list[Run]) -> dict:
+    """What the fit figure plots for one network: training and held-out error (%) at the
+    evaluation steps, and which held-out split (val when every run has one, else test).
+
+    The training error is the logged one: the mean over the log interval's
+    training batches (augmented, BatchNorm in training mode).
+    """
+    held = "val" if runs and all(any("val_error" in m for m in r.metrics) for r in runs) \
+        else "test"
+    steps_h, heldout = _curve(runs, f"{held}_error")
+    steps_t, train = _curve(runs, "train_error")
+    at = dict(zip(steps_t, train, strict=True))
+    keep = [i for i, s in enumerate(steps_h) if s in at]
+    return {"heldout_name": held, "steps": [steps_h[i] for i in keep],
+            "train": [at[steps_h[i]] for i in keep], "heldout": [heldout[i] for i in keep]}
+
+
+def _panels(n: int):
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    cols = min(4, max(1, n))
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False,
+                             sharex=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return plt, fig, list(axes.flat)
+
+
+def _save(plt, fig, out_base: str) -> list[str]:
+    fig.tight_layout()
+    paths = [f"{out_base}.png", f"{out_base}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def plot_step_losses(rows: list[Row], out_base: str) -> tuple[list[str], dict[str, dict]]:
+    """Every step's training loss per network (thin), the log interval's mean (bold) and
+    the range of its steps (shaded); log scale. Panel titles give the median over
+    intervals of std / mean of the steps' losses (the relative gradient noise).
+
+    Returns the files and, per network label, the series plotted (``step_losses``).
+    """
+    plt, fig, axes = _panels(len(rows))
+    plotted = {}
+    for ax, row in zip(axes, rows, strict=False):
+        d = plotted[row.label] = step_losses(row.runs)
+        if d["steps"]:
+            ax.plot(d["steps"], d["loss"], color="tab:blue", linewidth=0.5, alpha=0.5,
+                    label="each step")
+        ax.fill_between(d["interval_steps"], d["interval_min"], d["interval_max"],
+                        color="tab:orange", alpha=0.3, label="range of the interval's steps")
+        ax.plot(d["interval_steps"], d["interval_mean"], color="tab:orange", linewidth=1.8,
+                label="interval mean")
+        if d["interval_mean"] and min(d["interval_min"]) > 0:
+            ax.set_yscale("log")
+        relative = [s / m for s, m in zip(d["interval_std"], d["interval_mean"], strict=True)
+                    if s > 0 and m > 0]
+        spread = f", median std/mean {statistics.median(relative):.2f}" if relative else ""
+        ax.set_title(f"{row.label}{spread}", fontsize=9)
+        ax.set_xlabel("iterations")
+        ax.grid(alpha=0.3)
+    if rows:
+        axes[0].set_ylabel("training loss")
+        axes[0].legend(fontsize=7)
+    fig.suptitle("Training loss of every step (spread: gradient noise of the batch size)")
+    return _save(plt, fig, out_base), plotted
+
+
+def plot_fit_gap(rows: list[Row], out_base: str) -> tuple[list[str], dict[str, dict]]:
+    """Training vs held-out error per network, the gap between them shaded.
+
+    Returns the files and, per network label, the series plotted (``fit_gap``).
+    """
+    plt, fig, axes = _panels(len(rows))
+    plotted = {}
+    for ax, row in zip(axes, rows, strict=False):
+        d = plotted[row.label] = fit_gap(row.runs)
+        ax.plot(d["steps"], d["train"], "--", color="tab:blue", label="training")
+        ax.plot(d["steps"], d["heldout"], "-", color="tab:red", linewidth=1.8,
+                label=d["heldout_name"])
+        ax.fill_between(d["steps"], d["train"], d["heldout"], color="tab:red", alpha=0.2,
+                        label=f"gap ({d['heldout_name']} - training)")
+        gap = (f", final gap {d['heldout'][-1] - d['train'][-1]:+.1f} pp"
+               if d["steps"] else "")
+        ax.set_title(f"{row.label}{gap}", fontsize=9)
+        ax.set_xlabel("iterations")
+        ax.grid(alpha=0.3)
+    if rows:
+        axes[0].set_ylabel("error (%)")
+        axes[0].legend(fontsize=7)
+    fig.suptitle("Training vs held-out error (a wide gap: over-fitting; both high: "
+                 "under-fitting)")
+    return _save(plt, fig, out_base), plotted
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -402,6 +548,10 @@ def write_report(study_dir: str | os.PathLike) -> dict:
     if any(r.responses for row in rows for r in row.runs):
         written["responses_png"] = plot_responses(rows, os.path.join(study_dir,
                                                                      "layer_responses"))[0]
+    written["loss_png"], written["loss_svg"] = plot_step_losses(
+        rows, os.path.join(study_dir, "train_loss"))[0]
+    written["gap_png"], written["gap_svg"] = plot_fit_gap(rows,
+                                                          os.path.join(study_dir, "fit_gap"))[0]
     csv_path = os.path.join(study_dir, "results.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -413,6 +563,11 @@ def write_report(study_dir: str | os.PathLike) -> dict:
     parts += ["", "![training and test error](curves.png)", ""]
     if "responses_png" in written:
         parts += ["![std of layer responses](layer_responses.png)", ""]
+    parts += ["## Diagnostics", "",
+              "Every step's training loss (its spread is the gradient noise of the batch size):",
+              "", "![training loss of every step](train_loss.png)", "",
+              "Training vs held-out error, the gap shaded (over- and under-fitting):", "",
+              "![training vs held-out error](fit_gap.png)", ""]
     with open(md_path, "w") as f:
         f.write("\n".join(parts))
     written["markdown"], written["csv"] = md_path, csv_path
@@ -422,7 +577,8 @@ def write_report(study_dir: str | os.PathLike) -> dict:
 def render_text(written: dict) -> str:
     lines = [written["table"], "", *written["verdicts"], ""]
     lines += [f"wrote {written[k]}" for k in ("markdown", "csv", "figure_png", "figure_svg",
-                                               "responses_png") if k in written]
+                                               "responses_png", "loss_png", "gap_png")
+              if k in written]
     return "\n".join(lines)
 
 

@@ -6,13 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments import report
 
 
 def make_run(study, name, *, depth, plain, train_errors, test_errors, seed=0, status="finished",
-             diverged_at=None, params=1000, responses=None):
+             diverged_at=None, params=1000, responses=None, step_losses=None, val_errors=None):
     run = study / name
     run.mkdir(parents=True)
     config = {"dataset": "cifar10", "seed": seed,
@@ -21,8 +22,13 @@ def make_run(study, name, *, depth, plain, train_errors, test_errors, seed=0, st
     lines = []
     for i, (tr, te) in enumerate(zip(train_errors, test_errors, strict=True)):
         line = {"step": 100 * (i + 1), "train_error": tr, "train_loss": 1.0}
+        if step_losses is not None:
+            line["train_losses"] = step_losses[i]
+            line["train_loss"] = float(np.mean(step_losses[i]))
         if te is not None:
             line["test_error"] = te
+            if val_errors is not None:
+                line["val_error"] = val_errors[i]
         lines.append(line)
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     if status is not None:
@@ -80,6 +86,10 @@ def test_report_writes_figures_tables_and_verdicts(study):
     assert "Degradation: plain-56 ends with a higher training error than plain-20" in md
     assert "plain-110 failed to train (diverged at step 123)" in md
     assert "![training and test error](curves.png)" in md
+    for name in ("train_loss", "fit_gap"):  # the diagnostics, next to curves.png
+        assert f"]({name}.png)" in md
+        assert (study / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (study / f"{name}.svg").read_text().lstrip().startswith("<?xml")
 
 
 def row(depth, plain, train, test=None, status="finished"):
@@ -125,3 +135,43 @@ def test_missing_or_empty_study_directory_is_an_error(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_diagnostics_plot_what_the_metrics_say(tmp_path):
+    """Per-step losses, their spread per log interval, and the train / held-out gap."""
+    s = tmp_path / "study"
+    losses = [[2.0, 1.0, 1.5], [0.5, 0.7, 0.3]]
+    make_run(s, "r20-s0", depth=20, plain=False, train_errors=[0.5, 0.1],
+             test_errors=[0.6, 0.3], step_losses=losses, val_errors=[0.55, 0.25])
+    make_run(s, "r20-s1", depth=20, plain=False, seed=1, train_errors=[0.3, 0.1],
+             test_errors=[0.4, 0.3], step_losses=[[4.0, 3.0, 2.0], [1.5, 0.9, 0.3]],
+             val_errors=[0.45, 0.15])
+    make_run(s, "p20", depth=20, plain=True, train_errors=[0.5, 0.2, 0.1],
+             test_errors=[None, 0.3, 0.2])  # logged before per-step losses existed
+    rows = report.build_rows(report.load_runs(str(s)))
+    paths, plotted = report.plot_step_losses(rows, str(tmp_path / "loss"))
+    assert [p.rsplit(".", 1)[1] for p in paths] == ["png", "svg"]
+    res = plotted["ResNet-20"]
+    # Three steps per log line end at steps 100 and 200; seeds averaged step by step.
+    assert res["steps"] == [98, 99, 100, 198, 199, 200]
+    np.testing.assert_allclose(res["loss"], [3.0, 2.0, 1.75, 1.0, 0.8, 0.3])
+    assert res["interval_steps"] == [100, 200]
+    np.testing.assert_allclose(res["interval_mean"], [(1.5 + 3.0) / 2, (0.5 + 0.9) / 2])
+    np.testing.assert_allclose(res["interval_std"], [
+        (np.std(losses[0]) + np.std([4.0, 3.0, 2.0])) / 2,
+        (np.std(losses[1]) + np.std([1.5, 0.9, 0.3])) / 2])
+    np.testing.assert_allclose(res["interval_min"], [(1.0 + 2.0) / 2, (0.3 + 0.3) / 2])
+    np.testing.assert_allclose(res["interval_max"], [(2.0 + 4.0) / 2, (0.7 + 1.5) / 2])
+    old = plotted["plain-20"]
+    assert old["steps"] == [] and old["interval_mean"] == [1.0, 1.0, 1.0]
+    assert old["interval_std"] == [0.0, 0.0, 0.0] and old["interval_max"] == [1.0, 1.0, 1.0]
+
+    _, gaps = report.plot_fit_gap(rows, str(tmp_path / "gap"))
+    res = gaps["ResNet-20"]  # both runs have a validation split: val, not test
+    assert res["heldout_name"] == "val" and res["steps"] == [100, 200]
+    np.testing.assert_allclose(res["train"], [40.0, 10.0])
+    np.testing.assert_allclose(res["heldout"], [50.0, 20.0])
+    plain = gaps["plain-20"]  # no validation split: test error, at the steps it was measured
+    assert plain["heldout_name"] == "test" and plain["steps"] == [200, 300]
+    np.testing.assert_allclose(plain["train"], [20.0, 10.0])
+    np.testing.assert_allclose(plain["heldout"], [30.0, 20.0])

@@ -1,0 +1,131 @@
+"""Tests of ensembles of runs (experiments/ensemble.py) on two tiny digits runs."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from test_train import load_json, read_metrics, tiny_config
+
+import input_pipeline
+import parallel
+import train
+from checkpointing import Checkpointer
+from experiments import ensemble
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A residual and a plain net of other widths and seed, checkpoints at steps 10 and 20."""
+    root = tmp_path_factory.mktemp("runs")
+    a, b = root / "resnet", root / "plain"
+    train.train_and_evaluate(tiny_config(layer_responses=False), str(a))
+    train.train_and_evaluate(tiny_config("configs/digits.py:plain-14", seed=1,
+                                         layer_responses=False,
+                                         **{"model.widths": "(4,4,8)"}), str(b))
+    return a, b
+
+
+def independent_softmax(run_dir, step):
+    """The member's softmax on the whole test set in one eager call, without the eval scan."""
+    config = ensemble.config_from_json(load_json(run_dir / "config.json"))
+    data = input_pipeline.load_in_memory(config)
+    mesh = parallel.make_mesh()
+    trainer, parts = train.build_trainer(config, mesh, train.derive_schedule(config, 1))
+    state = Checkpointer(run_dir, 3).restore(step, train.init_state(parts, config, mesh))
+    model = trainer.model(state.params, state.batch_stats)
+    model.eval()
+    x = input_pipeline.normalize(data.test.images, data.mean_image)
+    logits = np.asarray(model(x), np.float64)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True), data.test.labels
+
+
+def run_main(capsys, *args):
+    code = ensemble.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_ensemble_error_is_that_of_the_mean_softmax(runs, tmp_path, capsys):
+    a, b = runs
+    out_file = tmp_path / "ens.json"
+    code, out, err = run_main(capsys, a, b, "--out", out_file)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == load_json(out_file)
+    assert "ensemble" in out.splitlines()[-3] and "2 members" in out.splitlines()[-3]
+    (pa, labels), (pb, _) = independent_softmax(a, 20), independent_softmax(b, 20)
+    mean = (pa + pb) / 2
+    assert result["num_examples"] == len(labels) == 360
+    assert result["ensemble"]["wrong"] == int((mean.argmax(1) != labels).sum())
+    assert result["ensemble"]["error"] == pytest.approx(np.mean(mean.argmax(1) != labels))
+    nll = -np.log(mean[np.arange(360), labels]).mean()
+    assert result["ensemble"]["loss"] == pytest.approx(nll, rel=1e-4)
+    for member, run_dir, probs in zip(result["members"], runs, (pa, pb), strict=True):
+        summary = load_json(run_dir / "summary.json")
+        assert member["step"] == 20 and member["name"] == summary["name"]
+        assert member["error"] == pytest.approx(summary["final_test_error"], rel=1e-12)
+        assert member["wrong"] == round(summary["final_test_error"] * 360)
+        assert member["wrong"] == int((probs.argmax(1) != labels).sum())
+    assert [m["name"] for m in result["members"]] == ["resnet-14", "plain-14"]
+    # Two different nets: the ensemble is not just a copy of one member.
+    assert not np.array_equal(mean.argmax(1), pa.argmax(1))
+
+
+def test_checkpoints_of_one_run(runs, capsys):
+    a, _ = runs
+    code, out, err = run_main(capsys, a, "--checkpoints", "all")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert [m["step"] for m in result["members"]] == [10, 20]
+    logged = {m["step"]: m["test_error"] for m in read_metrics(a) if "test_error" in m}
+    for member in result["members"]:
+        assert member["error"] == pytest.approx(logged[member["step"]], rel=1e-12)
+    assert load_json(a / "ensemble.json") == result  # default --out: the first run dir
+    code, out, _ = run_main(capsys, a, "--checkpoints", "10")
+    assert code == 0 and [m["step"] for m in json.loads(out.splitlines()[-1])["members"]] == [10]
+
+
+def _copy_with(src, dst, **changes):
+    shutil.copytree(src, dst)
+    config = load_json(dst / "config.json")
+    for key, value in changes.items():
+        node = config
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_bad_input_is_one_error_line_and_exit_code_2(runs, tmp_path, capsys):
+    a, b = runs
+    cases = [
+        ([_copy_with(b, tmp_path / "c10", dataset="cifar10")], "must share the dataset"),
+        ([_copy_with(b, tmp_path / "k5", **{"model.num_classes": 5})], "model.num_classes"),
+        (["--checkpoints", "15"], "no checkpoint at step 15"),
+        (["--checkpoints", "last"], "--checkpoints must be latest, all or steps"),
+        (["--split", "train"], "--split must be one of test, val"),
+        (["--split", "val"], "val_examples > 0"),
+        ([tmp_path], "is not a run directory"),
+        ([a], "given twice"),
+    ]
+    for extra, message in cases:
+        code, out, err = run_main(capsys, a, *extra)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (extra, err)
+        assert message in lines[0], (message, lines[0])
+    streamed = _copy_with(a, tmp_path / "inet", dataset="imagenet2012")
+    code, _, err = run_main(capsys, streamed)
+    assert code == 2 and "streamed datasets (imagenet2012) are not supported" in err
+
+
+def test_config_from_json_restores_tuples_and_fills_missing_keys():
+    c = tiny_config()
+    saved = json.loads(json.dumps(c.to_dict()))
+    del saved["imbalance"]  # a run saved before the key existed
+    back = ensemble.config_from_json(saved)
+    assert back.model.widths == (4, 8, 16) and back.imbalance.counter == "none"
+    assert back.to_dict() == c.to_dict()
