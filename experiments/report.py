@@ -134,7 +134,9 @@ def build_rows(runs: list[Run]) -> list[Row]:
     flat = [run_files.flatten(r.config) for r in runs]
     names = [(f.get("dataset"), *network_label(f)) for f in flat]
     keys = sorted(set().union(*flat))
-    varying = [k for k in keys if k not in (*ARCH_KEYS, *IGNORED_KEYS) and any(
+    # A key missing from some runs (written by an older version) is not a variant.
+    varying = [k for k in keys if k not in (*ARCH_KEYS, *IGNORED_KEYS)
+               and all(k in f for f in flat) and any(
         len({json.dumps(f.get(k)) for f, n in zip(flat, names, strict=True) if n == name}) > 1
         for name in set(names))]
     groups: dict[tuple, list[Run]] = defaultdict(list)
@@ -237,7 +239,7 @@ def failure_verdicts(rows: list[Row]) -> list[str]:
     """Nets whose final training error is within 5 points of chance: they did not learn."""
     lines = []
     for row in rows:
-        classes = (row.runs[0].config.get("model") or {}).get("num_classes")
+        classes = (row.runs[0].config.get("model") or {}).get("num_classes") if row.runs else None
         if row.train_error is None or not classes:
             continue
         chance = 100.0 * (1 - 1 / classes)

@@ -297,7 +297,7 @@ def test_rgb_train_step_with_every_colour_option_stays_finite():
     schedule = train.derive_schedule(c, feed.num_train)
     trainer, parts = train.build_trainer(c, mesh, schedule)
     state, sums = feed.make_train_chunk(trainer, 0)(train.init_state(parts, c, mesh), 0)
-    loss, error, steps = np.asarray(sums)
+    loss, error, steps, _ = data_feed.read_chunk_sums(sums)
     assert int(state.step) == 5 and steps == 5 and np.isfinite(loss) and 0 <= error <= 5
     out = feed.make_evaluate(trainer)(state.params, state.batch_stats)
     assert np.isfinite(out["test_loss"]) and 0 <= out["test_error"] <= 1

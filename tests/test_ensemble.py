@@ -117,7 +117,8 @@ def test_bad_input_is_one_error_line_and_exit_code_2(runs, tmp_path, capsys):
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (extra, err)
         assert message in lines[0], (message, lines[0])
-    streamed = _copy_with(a, tmp_path / "inet", dataset="imagenet2012")
+    streamed = _copy_with(a, tmp_path / "inet", dataset="imagenet2012",
+                          normalize="channel_standardize")
     code, _, err = run_main(capsys, streamed)
     assert code == 2 and "streamed datasets (imagenet2012) are not supported" in err
 
