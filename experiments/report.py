@@ -331,12 +331,7 @@ def plot_curves(rows: list[Row], out_base: str) -> list[str]:
     axes[0].set_ylim(0, min(100.0, max(5.0, top * 1.1)))
     dataset = rows[0].dataset if rows else ""
     fig.suptitle(f"{dataset}: training error (dashed) and test error (bold)")
-    fig.tight_layout()
-    paths = [f"{out_base}.png", f"{out_base}.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return paths
+    return _save(plt, fig, out_base)
 
 
 def plot_responses(rows: list[Row], out_base: str) -> list[str]:
@@ -364,12 +359,7 @@ def plot_responses(rows: list[Row], out_base: str) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Std of each block's branch response (after BN, before addition)")
-    fig.tight_layout()
-    paths = [f"{out_base}.png", f"{out_base}.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return paths
+    return _save(plt, fig, out_base)
 
 
 # --------------------------------------------------------------------------- diagnostics

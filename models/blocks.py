@@ -243,11 +243,69 @@ class _Block(nnx.Module):
         self.deterministic = False
 
 
+class _PostActBlock(_Block):
+    """The original ordering: the activation comes after the addition."""
+
+    shortcut: nnx.Module | None
+    act_out: nnx.Module
+
+    def _branch(self, x: jax.Array, rng: jax.Array | None) -> tuple[jax.Array, list[jax.Array]]:
+        raise NotImplementedError
+
+    def branch(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """The residual function alone (after its last BN, before any addition)."""
+        return self._branch(x, rng)[0]
+
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None,
+                 survival: float | jax.Array = 1.0) -> tuple[jax.Array, dict]:
+        """Returns (block output, {'response': branch after its last BN, 'activations': [...]})."""
+        response, hidden = self._branch(x, rng)
+        y = self._combine(self.shortcut(x) if self.residual else None, response,
+                          fold(rng, 2), survival)
+        y = self.act_out(y, fold(rng, 3))
+        return y, {"response": response, "activations": [*hidden, y]}
+
+
+class _PreActBlock(_Block):
+    """The pre-activation ordering: BN-act first, nothing after the addition.
+
+    When the shortcut is a projection, it takes the block's pre-activated
+    input, as the branch does (He et al. 2016); an identity takes the raw
+    input. Without ``pre`` (the first block after an ImageNet stem that
+    already ends in BN-ReLU) the input goes in as it is.
+    """
+
+    shortcut: nnx.Module | None
+    pre: BNAct | None
+
+    def _branch(self, pre: jax.Array, rng: jax.Array | None) -> tuple[jax.Array, list[jax.Array]]:
+        raise NotImplementedError
+
+    def _preactivate(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
+        return x if self.pre is None else self.pre(x, fold(rng, 0))
+
+    def branch(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """The residual function alone (the last conv's output, before the addition)."""
+        return self._branch(self._preactivate(x, rng), rng)[0]
+
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None,
+                 survival: float | jax.Array = 1.0) -> tuple[jax.Array, dict]:
+        """Returns (block output, {'response': branch output, 'activations': [...]})."""
+        pre = self._preactivate(x, rng)
+        response, hidden = self._branch(pre, rng)
+        shortcut = None
+        if self.residual:
+            shortcut = self.shortcut(x if isinstance(self.shortcut, IdentityShortcut) else pre)
+        y = self._combine(shortcut, response, fold(rng, 3), survival)
+        acts = hidden if self.pre is None else [pre, *hidden]
+        return y, {"response": response, "activations": acts}
+
+
 def _dropout(rate: float) -> nnx.Dropout | None:
     return nnx.Dropout(rate) if rate > 0 else None
 
 
-class BasicBlock(_Block):
+class BasicBlock(_PostActBlock):
     """Two 3x3 conv-BN units; activation between them and after the (optional) addition."""
 
     expansion = 1
@@ -283,21 +341,8 @@ class BasicBlock(_Block):
             h = self.dropout(h, rngs=fold(rng, 1))
         return self.unit2(h), hidden
 
-    def branch(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        """The residual function alone (after its last BN, before any addition)."""
-        return self._branch(x, rng)[0]
 
-    def __call__(self, x: jax.Array, rng: jax.Array | None = None,
-                 survival: float | jax.Array = 1.0) -> tuple[jax.Array, dict]:
-        """Returns (block output, {'response': branch after its last BN, 'activations': [...]})."""
-        response, hidden = self._branch(x, rng)
-        y = self._combine(self.shortcut(x) if self.residual else None, response,
-                          fold(rng, 2), survival)
-        y = self.act_out(y, fold(rng, 3))
-        return y, {"response": response, "activations": [*hidden, y]}
-
-
-class BottleneckBlock(_Block):
+class BottleneckBlock(_PostActBlock):
     """1x1 reduce, 3x3, 1x1 expand (x4), each conv followed by BN.
 
     ``stride_on='first'`` puts the stride on the first 1x1 conv, as in the
@@ -340,27 +385,12 @@ class BottleneckBlock(_Block):
         h2 = self.act2(self.unit2(h1), fold(rng, 1))
         return self.unit3(h2), [h1, h2]
 
-    def branch(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        """The residual function alone (after its last BN, before any addition)."""
-        return self._branch(x, rng)[0]
 
-    def __call__(self, x: jax.Array, rng: jax.Array | None = None,
-                 survival: float | jax.Array = 1.0) -> tuple[jax.Array, dict]:
-        """Returns (block output, {'response': branch after its last BN, 'activations': [...]})."""
-        response, hidden = self._branch(x, rng)
-        y = self._combine(self.shortcut(x) if self.residual else None, response,
-                          fold(rng, 2), survival)
-        y = self.act_out(y, fold(rng, 3))
-        return y, {"response": response, "activations": [*hidden, y]}
-
-
-class PreActBasicBlock(_Block):
+class PreActBasicBlock(_PreActBlock):
     """BN-act-conv3x3, BN-act-(dropout)-conv3x3, then the addition and nothing after it.
 
-    When the shortcut is a projection, it takes the block's pre-activated
-    input, as the branch does (He et al. 2016); an identity takes the raw
-    input. ``preact_input=False`` skips the first BN-act, for the first block
-    after an ImageNet stem that already ends in BN-ReLU.
+    ``preact_input=False`` skips the first BN-act, for the first block after
+    an ImageNet stem that already ends in BN-ReLU.
     """
 
     expansion = 1
@@ -398,27 +428,8 @@ class PreActBasicBlock(_Block):
             h = self.dropout(h, rngs=fold(rng, 2))
         return self.conv2(h), hidden
 
-    def _preactivate(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
-        return x if self.pre is None else self.pre(x, fold(rng, 0))
 
-    def branch(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        """The residual function alone (the last conv's output, before the addition)."""
-        return self._branch(self._preactivate(x, rng), rng)[0]
-
-    def __call__(self, x: jax.Array, rng: jax.Array | None = None,
-                 survival: float | jax.Array = 1.0) -> tuple[jax.Array, dict]:
-        """Returns (block output, {'response': branch output, 'activations': [...]})."""
-        pre = self._preactivate(x, rng)
-        response, hidden = self._branch(pre, rng)
-        shortcut = None
-        if self.residual:
-            shortcut = self.shortcut(x if isinstance(self.shortcut, IdentityShortcut) else pre)
-        y = self._combine(shortcut, response, fold(rng, 3), survival)
-        acts = hidden if self.pre is None else [pre, *hidden]
-        return y, {"response": response, "activations": acts}
-
-
-class PreActBottleneckBlock(_Block):
+class PreActBottleneckBlock(_PreActBlock):
     """BN-act-conv1x1, BN-act-conv3x3, BN-act-conv1x1 (x4 channels), then the addition."""
 
     expansion = 4
@@ -458,21 +469,3 @@ class PreActBottleneckBlock(_Block):
         h2 = self.mid2(self.conv2(h1), fold(rng, 2))
         return self.conv3(h2), [h1, h2]
 
-    def _preactivate(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
-        return x if self.pre is None else self.pre(x, fold(rng, 0))
-
-    def branch(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        """The residual function alone (the last conv's output, before the addition)."""
-        return self._branch(self._preactivate(x, rng), rng)[0]
-
-    def __call__(self, x: jax.Array, rng: jax.Array | None = None,
-                 survival: float | jax.Array = 1.0) -> tuple[jax.Array, dict]:
-        """Returns (block output, {'response': branch output, 'activations': [...]})."""
-        pre = self._preactivate(x, rng)
-        response, hidden = self._branch(pre, rng)
-        shortcut = None
-        if self.residual:
-            shortcut = self.shortcut(x if isinstance(self.shortcut, IdentityShortcut) else pre)
-        y = self._combine(shortcut, response, fold(rng, 3), survival)
-        acts = hidden if self.pre is None else [pre, *hidden]
-        return y, {"response": response, "activations": acts}
