@@ -244,13 +244,13 @@ class _Block(nnx.Module):
 
 
 class _PostActBlock(_Block):
-    """The original ordering: the activation comes after the addition."""
+    """The original ordering: the activation comes after the addition.
+
+    Subclasses define ``_branch(x, rng) -> (response, inner activations)``.
+    """
 
     shortcut: nnx.Module | None
     act_out: nnx.Module
-
-    def _branch(self, x: jax.Array, rng: jax.Array | None) -> tuple[jax.Array, list[jax.Array]]:
-        raise NotImplementedError
 
     def branch(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         """The residual function alone (after its last BN, before any addition)."""
@@ -272,14 +272,12 @@ class _PreActBlock(_Block):
     When the shortcut is a projection, it takes the block's pre-activated
     input, as the branch does (He et al. 2016); an identity takes the raw
     input. Without ``pre`` (the first block after an ImageNet stem that
-    already ends in BN-ReLU) the input goes in as it is.
+    already ends in BN-ReLU) the input goes in as it is. Subclasses define
+    ``_branch(pre, rng) -> (response, inner activations)``.
     """
 
     shortcut: nnx.Module | None
     pre: BNAct | None
-
-    def _branch(self, pre: jax.Array, rng: jax.Array | None) -> tuple[jax.Array, list[jax.Array]]:
-        raise NotImplementedError
 
     def _preactivate(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
         return x if self.pre is None else self.pre(x, fold(rng, 0))
