@@ -237,7 +237,7 @@ class _Block(nnx.Module):
                 response = response * keep.astype(response.dtype)
         return response + shortcut
 
-    def _init_common(self, residual: bool, opts: LayerOptions, stochastic_depth: bool) -> None:
+    def _init_common(self, residual: bool, stochastic_depth: bool) -> None:
         self.residual = residual
         self.stochastic_depth = stochastic_depth
         self.deterministic = False
@@ -320,7 +320,7 @@ class BasicBlock(_PostActBlock):
         rngs: nnx.Rngs,
         stochastic_depth: bool = False,
     ):
-        self._init_common(residual, opts, stochastic_depth)
+        self._init_common(residual, stochastic_depth)
         self.out_features = width
         self.unit1 = ConvBN(in_features, width, 3, stride, opts, rngs=rngs)
         self.act1 = opts.activation_module(width)
@@ -363,7 +363,7 @@ class BottleneckBlock(_PostActBlock):
         stride_on: str = "first",
         stochastic_depth: bool = False,
     ):
-        self._init_common(residual, opts, stochastic_depth)
+        self._init_common(residual, stochastic_depth)
         out = width * self.expansion
         self.out_features = out
         s1, s2 = (stride, 1) if stride_on == "first" else (1, stride)
@@ -406,7 +406,7 @@ class PreActBasicBlock(_PreActBlock):
         stochastic_depth: bool = False,
         preact_input: bool = True,
     ):
-        self._init_common(residual, opts, stochastic_depth)
+        self._init_common(residual, stochastic_depth)
         self.out_features = width
         self.pre = BNAct(in_features, opts, rngs=rngs) if preact_input else None
         self.conv1 = make_conv(in_features, width, 3, stride, opts, rngs)
@@ -446,7 +446,7 @@ class PreActBottleneckBlock(_PreActBlock):
         stochastic_depth: bool = False,
         preact_input: bool = True,
     ):
-        self._init_common(residual, opts, stochastic_depth)
+        self._init_common(residual, stochastic_depth)
         out = width * self.expansion
         self.out_features = out
         s1, s2 = (stride, 1) if stride_on == "first" else (1, stride)
