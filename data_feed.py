@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import compile_options
 import input_pipeline
 import parallel
 
@@ -212,7 +213,7 @@ def make_class_probabilities(trainer, mesh, split: input_pipeline.Split,
     def softmax(model, x, batch):
         return 0.0, jax.nn.softmax(model(x).astype(jnp.float32), axis=-1)
 
-    probs_fn = jax.jit(lambda params, batch_stats, split, stats: _scan_split(
+    probs_fn = compile_options.jit(lambda params, batch_stats, split, stats: _scan_split(
         trainer, softmax, jnp.zeros(()), params, batch_stats, split, stats)[1])
 
     def probs(params, batch_stats) -> np.ndarray:
@@ -290,11 +291,11 @@ class InMemoryFeed:
                 body = lambda _, c: one_step(c[0], data, c[1])  # noqa: E731
                 return jax.lax.fori_loop(0, n, body, (state, _zero_chunk_sums(config)))
 
-            chunk_fn = jax.jit(chunk, donate_argnums=0)
+            chunk_fn = compile_options.jit(chunk, donate_argnums=0)
             return lambda state, step: chunk_fn(state, data)
 
-        step_fn = jax.jit(one_step, donate_argnums=(0, 2))
-        zeros = jax.jit(lambda: _zero_chunk_sums(config),
+        step_fn = compile_options.jit(one_step, donate_argnums=(0, 2))
+        zeros = compile_options.jit(lambda: _zero_chunk_sums(config),
                         out_shardings=parallel.replicated(self.mesh))
 
         def run(state, step):
@@ -318,7 +319,7 @@ class InMemoryFeed:
                     model, x, batch["labels"], batch["mask"]),
                 jnp.zeros(size), params, batch_stats, split, stats)
 
-        sums_fn = jax.jit(sums)
+        sums_fn = compile_options.jit(sums)
 
         def evaluate(params, batch_stats):
             out = {}
@@ -331,7 +332,7 @@ class InMemoryFeed:
     def make_dead_units(self, trainer) -> Callable[[Any, Any], float]:
         """``dead(params, batch_stats)``: ``dead_unit_fraction`` on the first test batch."""
 
-        @jax.jit
+        @compile_options.jit
         def dead(params, batch_stats, split, stats):
             model = trainer.model(params, batch_stats)
             model.eval()
@@ -350,7 +351,7 @@ class InMemoryFeed:
                 trainer, lambda model, x, batch: response_batch_sums(model, x, batch["mask"]),
                 jnp.zeros((n, 3)), params, batch_stats, split, stats)
 
-        sums_fn = jax.jit(sums)
+        sums_fn = compile_options.jit(sums)
         return lambda params, batch_stats: std_from_sums(
             np.asarray(sums_fn(params, batch_stats, self.eval_splits["test"], self.stats)))
 
@@ -408,8 +409,8 @@ class StreamingFeed:
             state, loss, error = trainer.apply_gradients(state, x, labels)
             return state, add_step(sums, loss, error)
 
-        step_fn = jax.jit(one_step, donate_argnums=(0, 3))
-        zeros = jax.jit(lambda: _zero_chunk_sums(config),
+        step_fn = compile_options.jit(one_step, donate_argnums=(0, 3))
+        zeros = compile_options.jit(lambda: _zero_chunk_sums(config),
                         out_shardings=parallel.replicated(self.mesh))
 
         def run(state, step):
@@ -446,7 +447,7 @@ class StreamingFeed:
     def make_evaluate(self, trainer) -> EvalFn:
         mean, std = self.mean, self.std
 
-        @jax.jit
+        @compile_options.jit
         def batch_fn(params, batch_stats, images, labels, mask):
             model = trainer.model(params, batch_stats)
             model.eval()
@@ -469,7 +470,7 @@ class StreamingFeed:
         first = next(iter(self._stream(self.eval_split_names["test"], batch_size, train=False)))
         images, mask = self._global(first["image"]), self._global(first["mask"])
 
-        @jax.jit
+        @compile_options.jit
         def dead(params, batch_stats, images, mask):
             model = trainer.model(params, batch_stats)
             model.eval()
@@ -481,7 +482,7 @@ class StreamingFeed:
     def make_responses(self, trainer) -> Callable[[Any, Any], np.ndarray]:
         mean, std = self.mean, self.std
 
-        @jax.jit
+        @compile_options.jit
         def batch_fn(params, batch_stats, images, labels, mask):
             del labels
             model = trainer.model(params, batch_stats)

@@ -1,0 +1,44 @@
+"""XLA compiler options for the project's jitted programs, chosen per backend.
+
+Why: on CPU, XLA (jaxlib 0.10) hands 2-D convolutions with more than 16
+channels to YNNPACK by default. For the shapes of the CIFAR ResNets, XLA's
+own (Eigen) convolutions are faster, and much faster for the kernel gradient
+(written as a convolution with the batch as its features, see
+``models/conv.py``). Measured on the 2-core development CPU, batch 128,
+kernel gradient / forward, YNNPACK vs Eigen: 16x16x32 5.4 / 2.4 ms vs
+2.4 / 1.7 ms; 8x8x64 4.0 / 2.5 ms vs 1.5 / 2.9 ms. A whole ResNet-20 training
+step goes from 280 to 220 ms, ResNet-56 from 845 to 665 ms (BENCHMARKS.md).
+So the CPU programs take convolutions out of XLA's YNNPACK fusion types and
+leave its other defaults alone. GPUs and TPUs get no options.
+
+Set ``xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` to choose for
+yourself: then nothing is overridden here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+YNN_FUSION_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+# XLA's default YNNPACK fusion types (jaxlib 0.10.2) less INDIVIDUAL_CONVOLUTION. Given
+# as a list: compiler_options, unlike XLA_FLAGS, does not take the '-TYPE' form.
+CPU_OPTIONS = {
+    YNN_FUSION_FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+}
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str] | None:
+    """The options for programs compiled for ``backend`` (default: JAX's default backend)."""
+    backend = jax.default_backend() if backend is None else backend
+    if backend != "cpu" or YNN_FUSION_FLAG in os.environ.get("XLA_FLAGS", ""):
+        return None
+    return dict(CPU_OPTIONS)
+
+
+def jit(fun: Callable, **kwargs: Any) -> Any:
+    """``jax.jit`` with this backend's ``compiler_options``; use it for every program here."""
+    return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
