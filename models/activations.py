@@ -27,6 +27,30 @@ PRELU_INIT = 0.25
 RRELU_RANGE = (1.0 / 8.0, 1.0 / 3.0)
 
 
+@jax.custom_vjp
+def relu(x: jax.Array) -> jax.Array:
+    """``max(x, 0)`` whose gradient keeps only a boolean mask for the backward pass.
+
+    Why not ``jax.nn.relu``: its JVP rule ``select(x > 0, g, zeros)`` makes the
+    full-size zeros a residual. Outside a loop XLA folds them away, but a scan
+    over layers stacks every residual, so each scanned ReLU wrote and read a
+    buffer of zeros as large as its input on every step. The gradient is the
+    same (1 where x > 0, else 0, also at x == 0).
+    """
+    return jnp.maximum(x, 0)
+
+
+def _relu_fwd(x):
+    return jnp.maximum(x, 0), x > 0
+
+
+def _relu_bwd(positive, g):
+    return (jnp.where(positive, g, jnp.zeros((), g.dtype)),)
+
+
+relu.defvjp(_relu_fwd, _relu_bwd)
+
+
 class Activation(nnx.Module):
     """One non-linearity; ``deterministic`` is toggled by ``model.train()`` / ``model.eval()``."""
 
@@ -42,7 +66,7 @@ class Activation(nnx.Module):
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         if self.kind == "relu":
-            return jax.nn.relu(x)
+            return relu(x)
         if self.kind == "tanh":
             return jnp.tanh(x)
         if self.kind == "sigmoid":

@@ -212,6 +212,22 @@ def test_activations_compute_their_formulas():
     np.testing.assert_allclose(rrelu(neg), -(lo + hi) / 2, rtol=1e-6)
 
 
+def test_relu_gradient_matches_jax_and_saves_only_a_mask():
+    x = jnp.array([-2.0, -0.5, 0.0, 1e-8, 1.5])
+    act = Activation("relu", 5)
+    g = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    ours = jax.vjp(act, x)[1](g)[0]
+    np.testing.assert_array_equal(ours, jax.vjp(jax.nn.relu, x)[1](g)[0])
+    np.testing.assert_array_equal(ours, [0, 0, 0, 4, 5])
+    # Inside a scan over layers every residual is stacked: only the boolean mask may be
+    # kept, not jax.nn.relu's full-size zeros.
+    def saved(f):
+        return [leaf.dtype for leaf in jax.tree.leaves(jax.vjp(f, x)[1]) if leaf.shape == x.shape]
+
+    assert saved(act) == [jnp.bool_]
+    assert jnp.float32 in saved(jax.nn.relu)  # what this avoids
+
+
 def test_prelu_slopes_are_learned_per_channel():
     model = models.build_model(dict(family="cifar", depth=8, widths=(4, 8, 16), in_channels=1,
                                     activation="prelu"))
