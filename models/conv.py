@@ -16,6 +16,9 @@ function states the rewrite explicitly, as a ``custom_vjp``:
 Both are NHWC/HWIO convolutions, so Eigen runs them in or out of a loop. The
 values are those of ``lax.conv_general_dilated``'s own VJP (tested).
 
+Only the case the networks use is handled (NHWC input, HWIO kernel, explicit
+padding, no dilation, one group); anything else goes to XLA unchanged.
+
 The kernel gradient needs the input with its batch innermost, (C, H, W, N).
 XLA:CPU runs a transpose inside a program as a plain loop over the output, so
 NHWC -> CHWN reads with a stride of a whole image (64 KiB at 32x32x16) and
@@ -25,8 +28,6 @@ as (H, W, N, C). In a scanned stage the saved input is materialised (the scan
 stacks it), so the two halves run as two cheap loops: 47 -> 30 ms of
 transposes in a ResNet-20 training step on the 2-core CPU. Outside a scan XLA
 fuses them back into one transpose, which costs what it did before.
-Only the case the networks use is handled (NHWC input, HWIO kernel, explicit
-padding, no dilation, one group); anything else goes to XLA unchanged.
 """
 
 from __future__ import annotations
