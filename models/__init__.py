@@ -33,6 +33,9 @@ takes the ``config.model`` section:
     bn_momentum      float, running-average momentum (new = m * old + (1 - m) * batch)
     scan_blocks      bool, run each stage's identical blocks with one compiled body
                      (nnx.scan): compile time independent of depth (ResNet-1202)
+    scan_unroll      'auto' | 'full' | int, blocks per scan iteration; 'full' runs each
+                     stage as straight-line code (same stacked parameters); 'auto': see
+                     models.resnet.resolve_scan_unroll
     remat_blocks     bool, recompute each block's activations in the backward pass
 """
 
@@ -188,8 +191,21 @@ def layer_options_from_config(
         zero_init_residual=bool(_get(cfg, "zero_init_residual", False)),
         block_dropout=block_dropout,
         scan_blocks=bool(_get(cfg, "scan_blocks", False)),
+        scan_unroll=scan_unroll_from_config(cfg),
         remat_blocks=bool(_get(cfg, "remat_blocks", False)),
     )
+
+
+def scan_unroll_from_config(cfg: Mapping[str, Any] | Any) -> str | int | bool:
+    """``model.scan_unroll``, checked: 'auto', True ('full': a whole stage) or an int >= 1."""
+    value = str(_get(cfg, "scan_unroll", "auto")).strip().lower()
+    if value == "auto":
+        return "auto"
+    if value == "full":
+        return True
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise ValueError(f"model.scan_unroll must be 'auto', 'full' or an int >= 1, got {value!r}")
 
 
 def survival_last_from_config(cfg: Mapping[str, Any] | Any) -> float:

@@ -70,7 +70,11 @@ class LayerOptions:
     # compiled body (nnx.scan), so compile time stops growing with depth;
     # remat_blocks recomputes each block's activations in the backward pass
     # instead of keeping them (less memory, about one more forward pass of compute).
+    # scan_unroll: blocks per scan iteration (lax.scan's unroll; True = the whole
+    # stage as straight-line code, the parameters still stacked; 'auto': by
+    # backend and depth, models.resnet.resolve_scan_unroll).
     scan_blocks: bool = False
+    scan_unroll: str | int | bool = "auto"
     remat_blocks: bool = False
     canonical_conv_vjp: bool = True
 

@@ -311,6 +311,49 @@ def test_a_scanned_network_computes_what_the_unrolled_one_does(plain):
     np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-6)
 
 
+def _scan_unrolls(model, x):
+    """(length, unroll) of every scan in the model's forward pass."""
+    from models.summary import iter_eqns
+
+    graphdef, state = nnx.split(model)
+    jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(state, x).jaxpr
+    return [(e.params["length"], e.params["unroll"]) for e, _ in iter_eqns(jaxpr)
+            if e.primitive.name == "scan"]
+
+
+def test_an_unrolled_scan_computes_what_the_loop_does_with_the_same_parameters():
+    cfg = dict(family="cifar", depth=20, widths=(4, 8, 16), num_classes=3, in_channels=1,
+               scan_blocks=True)
+    loop = models.build_model({**cfg, "scan_unroll": 1}, seed=0)
+    unrolled = models.build_model({**cfg, "scan_unroll": "full"}, seed=1)
+    assert jax.tree.structure(nnx.state(loop)) == jax.tree.structure(nnx.state(unrolled))
+    nnx.update(unrolled, nnx.state(loop))  # same layout: a checkpoint loads either way
+    x = jax.random.normal(jax.random.key(4), (4, 8, 8, 1))
+    assert _scan_unrolls(loop, x) == [(2, 1)] * 3
+    assert _scan_unrolls(unrolled, x) == [(2, 2)] * 3  # the whole stage
+    loss = lambda m: jnp.sum(jnp.sin(m(x)))  # noqa: E731
+    for g, h in zip(jax.tree.leaves(nnx.grad(loss)(loop)),
+                    jax.tree.leaves(nnx.grad(loss)(unrolled)), strict=True):
+        np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_scan_unroll_unrolls_short_stages_on_accelerators_only():
+    from models.resnet import AUTO_UNROLL_MAX_BLOCKS, resolve_scan_unroll
+
+    assert resolve_scan_unroll("auto", 17, "cpu") == 1  # the loop is faster on CPU
+    assert resolve_scan_unroll("auto", 17, "gpu") is True  # ResNet-110: unrolled
+    assert resolve_scan_unroll("auto", AUTO_UNROLL_MAX_BLOCKS, "tpu") is True
+    assert resolve_scan_unroll("auto", 199, "gpu") == 1  # ResNet-1202: compile time
+    assert resolve_scan_unroll(4, 199, "gpu") == 4  # explicit settings are kept
+    assert resolve_scan_unroll(True, 17, "cpu") is True
+
+
+@pytest.mark.parametrize("value", ["sometimes", "0", "-2", "1.5"])
+def test_a_bad_scan_unroll_is_a_one_line_error(value):
+    with pytest.raises(ValueError, match="model.scan_unroll must be"):
+        models.build_model(dict(family="cifar", depth=20, scan_blocks=True, scan_unroll=value))
+
+
 def test_rematerialised_blocks_give_the_same_gradients():
     plain_model = small_cifar(scan_blocks=True)
     remat_model = small_cifar(scan_blocks=True, remat_blocks=True)
