@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.activations import Activation
+from models.batch_norm import BatchNorm
 from models.conv import conv_general_dilated as canonical_vjp_conv
 
 SHORTCUT_OPTIONS = ("A", "B", "C")
@@ -124,8 +125,8 @@ def make_conv(in_features: int, out_features: int, kernel_size: int, stride: int
 
 
 def make_bn(features: int, opts: LayerOptions, rngs: nnx.Rngs, *,
-            zero_scale: bool = False) -> nnx.BatchNorm:
-    return nnx.BatchNorm(
+            zero_scale: bool = False) -> BatchNorm:
+    return BatchNorm(
         features,
         momentum=opts.bn_momentum,
         epsilon=opts.bn_epsilon,
