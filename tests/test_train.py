@@ -295,6 +295,39 @@ def test_training_loop_moves_nothing_between_host_and_device(loop_on_device):
     assert int(state.step) == 15 and np.isfinite(np.asarray(sums)).all()
 
 
+def test_steps_and_evaluations_compile_once():
+    """After the first chunk and the first evaluation, nothing is compiled again."""
+    import data_feed
+    import parallel
+
+    compiles = []
+
+    def on_event(name, seconds, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    c = tiny_config()
+    mesh = parallel.make_mesh()
+    feed = data_feed.InMemoryFeed(c, mesh)
+    trainer, parts = train.build_trainer(c, mesh, train.derive_schedule(c, feed.num_train))
+    state = train.init_state(parts, c, mesh)
+    chunk, evaluate = feed.make_train_chunk(trainer, 0), feed.make_evaluate(trainer)
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        state, _ = chunk(state, 0)
+        first = evaluate(state.params, state.batch_stats)
+        after_first = len(compiles)
+        for step in (5, 10):
+            state, sums = chunk(state, step)
+            later = evaluate(state.params, state.batch_stats)
+        jax.block_until_ready((state, sums))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    assert after_first > 0  # the listener sees compilations
+    assert len(compiles) == after_first
+    assert later["test_error"] is not None and first.keys() == later.keys()
+
+
 def test_divergence_stops_the_run_and_keeps_what_was_written(tmp_path):
     """LR 0.1 for 10 steps, then 1e5: the loss blows up after the step-10 checkpoint."""
     cmd = train_cmd(tmp_path, "--config.num_steps=40", "--config.checkpoint_every_steps=5",
