@@ -27,29 +27,28 @@ step_over_conv].
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 import time
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import compile_options
-import config_loading
-import data_feed
-import input_pipeline
 import models
-import parallel
 import train
+from data import datasets, feeds
+from data.device import replicate
 from models import conv
 from models.summary import iter_eqns, module_macs
+from training import command_line, dispatch, parallel, schedule, steps
+from training.compile_options import jit
 
 
-def synthetic_data(config, num_examples: int) -> input_pipeline.InMemoryData:
+def synthetic_data(config, num_examples: int) -> datasets.InMemoryData:
     """Random uint8 images and labels with the shape of ``config.dataset``'s images."""
     shape = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}.get(
         config.dataset)
@@ -59,16 +58,15 @@ def synthetic_data(config, num_examples: int) -> input_pipeline.InMemoryData:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (num_examples, *shape), dtype=np.uint8)
     labels = rng.integers(0, config.model.num_classes, num_examples).astype(np.int32)
-    split = input_pipeline.Split(images, labels)
+    split = datasets.Split(images, labels)
     mean = (images / 255.0).mean(0).astype(np.float32)
-    return input_pipeline.InMemoryData("synthetic", config.model.num_classes, split, split,
+    return datasets.InMemoryData("synthetic", config.model.num_classes, split, split,
                                        None, mean)
 
 
-def forward_macs(trainer, params, batch_stats, image_shape) -> int:
+def forward_macs(state: steps.TrainState, image_shape) -> int:
     """Multiply-adds of one image's forward pass, counted from the traced program."""
-    model = trainer.model(params, batch_stats)
-    model.eval()
+    model = state.model()
     return module_macs(model, lambda m, x: m(x), jnp.zeros((1, *image_shape), jnp.float32))
 
 
@@ -84,18 +82,16 @@ def _model_conv(lhs: jax.Array, rhs: jax.Array, params: dict) -> jax.Array:
         params["batch_group_count"], params["precision"], params["preferred_element_type"])
 
 
-def model_convolutions(trainer, params, batch_stats, x) -> list[tuple[Any, Any, dict, int]]:
+def model_convolutions(state: steps.TrainState, x) -> list[tuple[Any, Any, dict, int]]:
     """The distinct convolutions of the model's forward pass on ``x``, with their counts.
 
     Read from the traced forward pass of the real model (so every architecture
     variant is covered): ``(lhs aval, rhs aval, equation params, count)``.
     """
     def forward(x, params, batch_stats):
-        model = trainer.model(params, batch_stats)
-        model.train()
-        return model(x)
+        return state.model(params, batch_stats, train=True)(x)
 
-    jaxpr = jax.make_jaxpr(forward)(x, params, batch_stats).jaxpr
+    jaxpr = jax.make_jaxpr(forward)(x, state.params, state.batch_stats).jaxpr
     counts: dict[tuple, list] = {}
     for e, times in iter_eqns(jaxpr):
         if e.primitive.name != "conv_general_dilated":
@@ -108,7 +104,7 @@ def model_convolutions(trainer, params, batch_stats, x) -> list[tuple[Any, Any, 
     return [tuple(v) for v in counts.values()]
 
 
-def conv_bound_ms(trainer, params, batch_stats, x, repeats: int) -> float:
+def conv_bound_ms(state: steps.TrainState, x, repeats: int) -> float:
     """Milliseconds the step's convolutions take alone: each timed by itself, summed.
 
     Each distinct convolution runs forward and through its VJP (input and
@@ -121,16 +117,16 @@ def conv_bound_ms(trainer, params, batch_stats, x, repeats: int) -> float:
     """
     total = 0.0
     for i, (lhs, rhs, eqn_params, count) in enumerate(
-            model_convolutions(trainer, params, batch_stats, x)):
+            model_convolutions(state, x)):
         k1, k2 = jax.random.split(jax.random.key(i))
         a = jax.random.normal(k1, lhs.shape, lhs.dtype)
         b = jax.random.normal(k2, rhs.shape, rhs.dtype)
 
         def forward_and_vjp(a, b, p=eqn_params):
-            out, vjp = jax.vjp(partial(_model_conv, params=p), a, b)
+            out, vjp = jax.vjp(functools.partial(_model_conv, params=p), a, b)
             return out, *vjp(out)
 
-        fn = compile_options.jit(forward_and_vjp)
+        fn = jit(forward_and_vjp)
         _time(fn, a, b)
         total += count * statistics.median(_time(fn, a, b) for _ in range(repeats))
     return 1e3 * total
@@ -142,25 +138,29 @@ def _time(fn, *args) -> float:
     return time.perf_counter() - t
 
 
-def benchmark(config, *, steps: int, repeats: int, synthetic: bool, conv_bound: bool) -> dict:
+def benchmark(config, *, steps_per_chunk: int, repeats: int, synthetic: bool,
+              conv_bound: bool) -> dict:
     mesh = parallel.make_mesh()
-    config.log_every_steps = steps  # one timed chunk = one log interval of train.py
-    config.num_steps = steps * (repeats + 1)
+    config.log_every_steps = steps_per_chunk  # one timed chunk = one log interval of train.py
+    config.num_steps = steps_per_chunk * (repeats + 1)
     config.eval_every_steps = config.checkpoint_every_steps = config.num_steps  # not timed
     train.validate_config(config, mesh.devices.size)
     if synthetic:
-        feed = data_feed.InMemoryFeed(config, mesh, synthetic_data(config, 8 * config.batch_size))
+        feed = feeds.InMemoryFeed(config, mesh, synthetic_data(config, 8 * config.batch_size))
         image_shape = feed.image_shape
     else:
-        feed = data_feed.make_feed(config, mesh)
+        feed = feeds.make_feed(config, mesh)
         image_shape = getattr(feed, "image_shape", None) or (
             config.augment.crop_size, config.augment.crop_size, 3)
-    schedule = train.derive_schedule(config, feed.num_train)
-    trainer, parts = train.build_trainer(config, mesh, schedule)
-    state = train.init_state(parts, config, mesh)
-    macs = forward_macs(trainer, parts[1], parts[2], image_shape)
-
-    chunk = feed.make_train_chunk(trainer, 0)
+    sched = schedule.derive_schedule(config, feed.num_train)
+    state = steps.create_train_state(config)
+    macs = forward_macs(state, image_shape)
+    state = replicate(state, mesh)
+    step_fn = parallel.data_parallel(
+        functools.partial(steps.train_step, config=config, sched=sched), mesh)
+    chunk = dispatch.make_train_chunk(feed, step_fn, log_every=steps_per_chunk,
+                                      total_steps=sched.total_steps, start_step=0,
+                                      loop_on_device=config.loop_on_device)
     t = time.perf_counter()
     state, sums = chunk(state, 0)
     jax.block_until_ready((state, sums))
@@ -169,11 +169,11 @@ def benchmark(config, *, steps: int, repeats: int, synthetic: bool, conv_bound: 
     times = []
     for r in range(repeats):
         t = time.perf_counter()
-        state, sums = chunk(state, (r + 1) * steps)
+        state, sums = chunk(state, (r + 1) * steps_per_chunk)
         jax.block_until_ready((state, sums))
         times.append(time.perf_counter() - t)
     chunk_s = statistics.median(times)
-    step_s = chunk_s / steps
+    step_s = chunk_s / steps_per_chunk
     images_per_sec = config.batch_size / step_s
     flops_per_image = 6 * macs
     result = {
@@ -190,16 +190,16 @@ def benchmark(config, *, steps: int, repeats: int, synthetic: bool, conv_bound: 
         "backend": jax.default_backend(),
         "compile_s": round(max(first_s - chunk_s, 0.0), 2),
         "step_ms": round(1e3 * step_s, 3),
-        "step_ms_min": round(1e3 * min(times) / steps, 3),
+        "step_ms_min": round(1e3 * min(times) / steps_per_chunk, 3),
         "images_per_sec": round(images_per_sec, 1),
         "flops_per_image": flops_per_image,
         "achieved_tflops": round(flops_per_image * images_per_sec / 1e12, 4),
         "input_wait_fraction": round((feed.input_wait_s - wait_before) / sum(times), 4),
-        "steps_timed": steps * repeats,
+        "steps_timed": steps_per_chunk * repeats,
     }
     if conv_bound:
         x = jnp.zeros((config.batch_size // mesh.devices.size, *image_shape), jnp.float32)
-        conv_ms = conv_bound_ms(trainer, state.params, state.batch_stats, x, max(repeats, 5))
+        conv_ms = conv_bound_ms(state, x, max(repeats, 5))
         result["conv_ms"] = round(conv_ms, 3)
         result["step_over_conv"] = round(1e3 * step_s / conv_ms, 3)
     return result
@@ -211,11 +211,8 @@ def render(result: dict) -> str:
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise ValueError(message)
-
-    p = Parser(prog="python -m experiments.benchmark", description=__doc__.splitlines()[0])
+    p = command_line.ArgumentParser(prog="python -m experiments.benchmark",
+                                    description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="configs/FILE.py[:ARG]")
     p.add_argument("--batch-size", type=int, default=None, help="global batch (default: config)")
     p.add_argument("--steps", type=int, default=20, help="steps per timed chunk")
@@ -226,7 +223,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     args, extra = p.parse_known_args(argv)
     if args.steps < 1 or args.repeats < 1:
         raise ValueError("--steps and --repeats must be >= 1")
-    overrides = config_loading.parse_overrides(extra)
+    overrides = command_line.parse_overrides(extra)
     if args.batch_size is not None:
         overrides["batch_size"] = str(args.batch_size)
     if args.dtype is not None:
@@ -237,12 +234,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-        config = config_loading.load_config(args.config, overrides)
-        result = benchmark(config, steps=args.steps, repeats=args.repeats,
+        config = command_line.load_config(args.config, overrides)
+        result = benchmark(config, steps_per_chunk=args.steps, repeats=args.repeats,
                            synthetic=args.synthetic, conv_bound=args.conv_bound)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return command_line.bad_input(e)
     print(render(result))
     print(json.dumps(result))
     return 0

@@ -32,16 +32,16 @@ import sys
 import ml_collections
 import numpy as np
 
-import data_feed
-import input_pipeline
 import models
-import parallel
-import run_files
 import train
-from checkpointing import Checkpointer
 from configs import default
+from data import datasets
+from data.device import replicate
+from data.feeds import InMemoryFeed
+from training import command_line, measure, parallel, steps
+from training.checkpoints import Checkpointer
+from training.run_dir import read_json, write_json_atomic
 
-EXIT_BAD_INPUT = 2
 SPLITS = ("test", "val")
 DATA_KEYS = ("dataset", "data_dir", "data_seed", "val_examples", "imbalance", "normalize",
              "whiten_over", "whiten_epsilon")
@@ -97,7 +97,7 @@ def find_members(run_dirs: list[str], checkpoints: str | list[int]) -> list[Memb
         path = os.path.join(run_dir, "config.json")
         if not os.path.isfile(path):
             raise ValueError(f"{run_dir} is not a run directory (no config.json)")
-        config = config_from_json(run_files.read_json(path))
+        config = config_from_json(read_json(path))
         train.validate_config(config, None)
         steps = []
         if os.path.isdir(os.path.join(run_dir, "checkpoints")):
@@ -133,9 +133,9 @@ def check_compatible(members: list[Member], split: str) -> None:
 
     differ("the dataset", lambda c: c.dataset)
     differ("model.num_classes", lambda c: c.model.num_classes)
-    if first.config.dataset not in input_pipeline.IN_MEMORY_DATASETS:
+    if first.config.dataset not in datasets.IN_MEMORY_DATASETS:
         raise ValueError(f"ensembles of streamed datasets ({first.config.dataset}) are not "
-                         f"supported; in-memory: {', '.join(input_pipeline.IN_MEMORY_DATASETS)}")
+                         f"supported; in-memory: {', '.join(datasets.IN_MEMORY_DATASETS)}")
     if split == "val":
         if any(not m.config.val_examples for m in members):
             raise ValueError("--split val needs runs trained with val_examples > 0")
@@ -162,27 +162,23 @@ def member_probabilities(members: list[Member], split: str, mesh=None
     once, then every chosen checkpoint is restored into it.
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
-    datasets: dict[str, input_pipeline.InMemoryData] = {}
-    labels, probs, predict = None, [], {}
+    loaded: dict[str, datasets.InMemoryData] = {}
+    labels, probs, feeds = None, [], {}
     for m in members:
         saved = m.config.to_dict()
         key = json.dumps({k: saved.get(k) for k in DATA_KEYS}, sort_keys=True)
-        if key not in datasets:
-            datasets[key] = input_pipeline.load_in_memory(m.config)
-        data = datasets[key]
+        if key not in loaded:
+            loaded[key] = datasets.load_in_memory(m.config)
+        data = loaded[key]
         examples = data.test if split == "test" else data.val
         if labels is None:
             labels = examples.labels
         elif not np.array_equal(labels, examples.labels):
             raise ValueError(f"{m.run_dir}: its {split} split differs from the first member's")
-        if m.run_dir not in predict:
-            schedule = train.derive_schedule(m.config, len(data.train.labels))
-            trainer, parts = train.build_trainer(m.config, mesh, schedule)
-            predict[m.run_dir] = (train.init_state(parts, m.config, mesh),
-                                  data_feed.make_class_probabilities(
-                                      trainer, mesh, examples,
-                                      input_pipeline.normalization_arrays(data, m.config)))
-        like, probs_fn = predict[m.run_dir]
+        if m.run_dir not in feeds:
+            feeds[m.run_dir] = (InMemoryFeed(m.config, mesh, data),
+                                replicate(steps.create_train_state(m.config), mesh))
+        feed, like = feeds[m.run_dir]
         ckpt = Checkpointer(m.run_dir, m.config.keep_checkpoints)
         try:
             state = ckpt.restore(m.step, like)
@@ -192,7 +188,7 @@ def member_probabilities(members: list[Member], split: str, mesh=None
                              f"config.json ({type(e).__name__}: {first})") from e
         finally:
             ckpt.close()
-        probs.append(probs_fn(state.params, state.batch_stats))
+        probs.append(measure.class_probabilities(feed, split, state))
     return labels, probs
 
 
@@ -236,11 +232,7 @@ def render_table(result: dict) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one-line error instead of usage + exit
-            raise ValueError(message)
-
-    p = Parser(prog="python -m experiments.ensemble",
+    p = command_line.ArgumentParser(prog="python -m experiments.ensemble",
                description="Average the softmax of several runs (or checkpoints) on a split.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--checkpoints", default="latest",
@@ -263,12 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         result = ensemble(args.run_dirs, args.checkpoints, args.split)
         out = args.out or os.path.join(args.run_dirs[0], "ensemble.json")
         try:
-            run_files.write_json_atomic(out, result)
+            write_json_atomic(out, result)
         except OSError as e:
             raise ValueError(f"cannot write {out}: {e.strerror}") from e
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return command_line.bad_input(e)
     print(render_table(result))
     print(json.dumps(result))
     return 0

@@ -25,8 +25,8 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import run_files
 from experiments import paper
+from training.run_dir import MetricsLog, flatten, read_json
 
 # Two training errors closer than this (in percentage points) count as equal.
 TOLERANCE_PP = 0.5
@@ -83,14 +83,14 @@ def load_runs(study_dir: str) -> list[Run]:
         dirs[:] = sorted(d for d in dirs if d != "checkpoints")
         if "config.json" not in files:
             continue
-        metrics = run_files.MetricsLog(root, False).read()
+        metrics = MetricsLog(root, False).read()
         summary = responses = None
         if "summary.json" in files:
-            summary = run_files.read_json(os.path.join(root, "summary.json"))
+            summary = read_json(os.path.join(root, "summary.json"))
         if "layer_responses.json" in files:
-            blocks = run_files.read_json(os.path.join(root, "layer_responses.json"))["blocks"]
+            blocks = read_json(os.path.join(root, "layer_responses.json"))["blocks"]
             responses = [b["std"] for b in blocks]
-        runs.append(Run(root, run_files.read_json(os.path.join(root, "config.json")), metrics,
+        runs.append(Run(root, read_json(os.path.join(root, "config.json")), metrics,
                         summary, responses))
     if not runs:
         raise ValueError(f"no run directories (with config.json) under {study_dir}")
@@ -131,7 +131,7 @@ def build_rows(runs: list[Run]) -> list[Row]:
     the same network: keys that follow from the network (a recipe for depth
     110, the ImageNet family of the 18/34-layer nets of a CIFAR study) do not.
     """
-    flat = [run_files.flatten(r.config) for r in runs]
+    flat = [flatten(r.config) for r in runs]
     names = [(f.get("dataset"), *network_label(f)) for f in flat]
     keys = sorted(set().union(*flat))
     # A key missing from some runs (written by an older version) is not a variant.
@@ -160,7 +160,7 @@ def build_rows(runs: list[Run]) -> list[Row]:
         bests = [b for b in bests if b is not None]
         row.best_test_error = min(bests) if bests else None
         model_keys = {k.removeprefix("model."): v
-                      for k, v in run_files.flatten(members[0].config).items()
+                      for k, v in flatten(members[0].config).items()
                       if k.startswith("model.")}
         row.paper_error = paper.published_test_error(dataset, model_keys)
         row.status = _status_text(members)

@@ -30,9 +30,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import config_loading
-import run_files
 import train
+from training import command_line
+from training.run_dir import read_json, record_failure, write_json_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE = ("finished", "diverged")
@@ -64,8 +64,8 @@ def _value_text(v) -> str:
 
 def expand(config_path: str, swept: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
     """The runs of a study: the file's sweep() list times the product of ``--sweep`` lists."""
-    path, arg = config_loading.split_config_arg(config_path)
-    module = config_loading.load_module(path)
+    path, arg = command_line.split_config_arg(config_path)
+    module = command_line.load_module(path)
     base: list[dict[str, str]] = []
     if hasattr(module, "sweep"):
 
@@ -73,7 +73,7 @@ def expand(config_path: str, swept: list[tuple[str, list[str]]]) -> list[dict[st
             base.append({k: _value_text(v) for k, v in overrides.items()})
 
         try:
-            config_loading.call_with_arg(module.sweep, arg, add)
+            command_line.call_with_arg(module.sweep, arg, add)
         except ValueError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -109,7 +109,7 @@ def plan(config_path: str, workdir: str, global_overrides: dict[str, str],
     study = os.path.realpath(workdir)
     runs, seen = [], set()
     for overrides in expand(config_path, swept):
-        config = config_loading.load_config(config_path, {**global_overrides, **overrides})
+        config = command_line.load_config(config_path, {**global_overrides, **overrides})
         train.validate_config(config, num_devices=None)
         name = run_name(overrides)
         if name in seen:
@@ -127,7 +127,7 @@ def plan(config_path: str, workdir: str, global_overrides: dict[str, str],
 def status_of(run_dir: str) -> str | None:
     path = os.path.join(run_dir, "summary.json")
     try:
-        return run_files.read_json(path).get("status")
+        return read_json(path).get("status")
     except (OSError, ValueError):
         return None
 
@@ -152,7 +152,7 @@ def acquire_lock(run_dir: str) -> bool:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                holder = run_files.read_json(path)
+                holder = read_json(path)
                 alive = holder.get("host") != me["host"] or _pid_alive(int(holder["pid"]))
             except (OSError, ValueError, KeyError, TypeError):
                 alive = time.time() - os.path.getmtime(path) < STALE_UNREADABLE_LOCK_S
@@ -169,7 +169,7 @@ def acquire_lock(run_dir: str) -> bool:
 def release_lock(run_dir: str) -> None:
     path = os.path.join(run_dir, ".lock")
     try:
-        if run_files.read_json(path).get("pid") == os.getpid():
+        if read_json(path).get("pid") == os.getpid():
             os.remove(path)
     except (OSError, ValueError):
         pass
@@ -224,7 +224,8 @@ class Launcher:
             if proc.returncode in (130, 143, -2, -15):
                 return "interrupted", last
             if status is None:
-                _record_failed(run, last or f"exit status {proc.returncode}")
+                record_failure(run.workdir, "failed", last or f"exit status {proc.returncode}",
+                               name=run.name)
             return "failed", last or f"exit status {proc.returncode}"
         finally:
             release_lock(run.workdir)
@@ -268,18 +269,9 @@ class Launcher:
         return status, detail, time.time() - t
 
 
-def _record_failed(run: Run, error: str) -> None:
-    summary = run_files.summarize(run_files.MetricsLog(run.workdir, False).read(),
-                                  status="failed", error=error, name=run.name)
-    run_files.write_json_atomic(os.path.join(run.workdir, "summary.json"), summary)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise ValueError(message)
-
-    p = Parser(prog="python -m experiments.sweep", description=__doc__.splitlines()[0])
+    p = command_line.ArgumentParser(prog="python -m experiments.sweep",
+                                   description=__doc__.splitlines()[0])
     p.add_argument("config", help="configs/FILE.py[:ARG]")
     p.add_argument("--workdir", required=True, help="study directory")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
@@ -291,7 +283,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--train-script", default=os.path.join(REPO, "train.py"),
                    help=argparse.SUPPRESS)
     args, extra = p.parse_known_args(argv)
-    args.overrides = config_loading.parse_overrides(extra)
+    args.overrides = command_line.parse_overrides(extra)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     args.swept = []
@@ -309,15 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         runs = plan(args.config, args.workdir, args.overrides, args.swept, args.python,
                     args.train_script)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return command_line.bad_input(e)
     if args.dry_run:
         for run in runs:
             print(shlex.join(run.command))
         return 0
     try:
         os.makedirs(args.workdir, exist_ok=True)
-        run_files.write_json_atomic(os.path.join(args.workdir, "sweep.json"), {
+        write_json_atomic(os.path.join(args.workdir, "sweep.json"), {
             "config": args.config, "overrides": args.overrides, "sweep": args.swept,
             "runs": [{"name": r.name, "overrides": r.overrides, "command": r.command}
                      for r in runs]})

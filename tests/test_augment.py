@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from test_train import read_metrics, tiny_config
+from conftest import read_metrics, run_parts, tiny_config
 
-import config_loading
-import input_pipeline as ip
 import train
+from data import augment, datasets, statistics
+from training import command_line
 
 
 def _augment(**kw):
@@ -32,9 +32,10 @@ def _correlated_images(n=3000, hw=4, seed=0):
 
 
 def _data(images, config):
-    split = ip.Split(images, np.zeros(len(images), np.int32))
+    split = datasets.Split(images, np.zeros(len(images), np.int32))
     mean = (images / 255.0).mean(0).astype(np.float32)
-    return ip.with_statistics(ip.InMemoryData("t", 10, split, split, None, mean), config)
+    data = datasets.InMemoryData("t", 10, split, split, None, mean)
+    return statistics.with_statistics(data, config)
 
 
 def _norm_config(normalize, whiten_over="image", epsilon=1e-6, pca_lighting=0.0):
@@ -52,15 +53,15 @@ def test_default_recipe_is_the_old_crop_flip_and_mean_subtraction():
     images = jnp.asarray(rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8))
     mean = jnp.asarray(rng.random((8, 8, 3), dtype=np.float32))
     key = jax.random.key(3)
-    new = ip.train_inputs(key, images, _augment(crop_padding=4, flip=True), {"mean": mean})
-    old = ip.normalize(ip.augment_batch(key, images, crop_padding=4, flip=True), mean)
+    new = augment.train_inputs(key, images, _augment(crop_padding=4, flip=True), {"mean": mean})
+    old = augment.normalize(augment.augment_batch(key, images, crop_padding=4, flip=True), mean)
     np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
 
 
 def test_crop_is_a_window_of_the_padded_image_and_flip_mirrors_some():
     rng = np.random.default_rng(1)
     images = rng.integers(1, 256, (64, 6, 6, 1), dtype=np.uint8)
-    out = np.asarray(ip.augment_batch(jax.random.key(0), jnp.asarray(images), crop_padding=2,
+    out = np.asarray(augment.augment_batch(jax.random.key(0), jnp.asarray(images), crop_padding=2,
                                       flip=False))
     padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
     offsets = set()
@@ -70,7 +71,7 @@ def test_crop_is_a_window_of_the_padded_image_and_flip_mirrors_some():
         assert len(hits) == 1
         offsets.add(hits[0])
     assert len(offsets) > 10  # random offsets, not one
-    out = np.asarray(ip.augment_batch(jax.random.key(0), jnp.asarray(images), crop_padding=0,
+    out = np.asarray(augment.augment_batch(jax.random.key(0), jnp.asarray(images), crop_padding=0,
                                       flip=True))
     mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images, strict=True)]
     kept = [np.array_equal(o, i) for o, i in zip(out, images, strict=True)]
@@ -81,12 +82,12 @@ def test_crop_is_a_window_of_the_padded_image_and_flip_mirrors_some():
 def test_scale_one_is_identity_and_scale_crop_is_resize_then_crop():
     rng = np.random.default_rng(2)
     images = rng.random((4, 8, 8, 3), dtype=np.float32)
-    same = ip.scale_crop_batch(jax.random.key(0), jnp.asarray(images), (1.0, 1.0))
+    same = augment.scale_crop_batch(jax.random.key(0), jnp.asarray(images), (1.0, 1.0))
     np.testing.assert_allclose(np.asarray(same), images, atol=1e-6)
     resized = jax.image.resize(jnp.asarray(images[0]), (12, 12, 3), "linear")
-    window = ip.scale_crop(jnp.asarray(images[0]), jnp.float32(1.5), jnp.array([3.0, 1.0]))
+    window = augment.scale_crop(jnp.asarray(images[0]), jnp.float32(1.5), jnp.array([3.0, 1.0]))
     np.testing.assert_allclose(np.asarray(window), np.asarray(resized)[3:11, 1:9], atol=1e-5)
-    out = np.asarray(ip.scale_crop_batch(jax.random.key(1), jnp.asarray(images * 255).astype(
+    out = np.asarray(augment.scale_crop_batch(jax.random.key(1), jnp.asarray(images * 255).astype(
         jnp.uint8), (1.2, 2.0)))
     assert out.shape == images.shape and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 1 and not np.allclose(out, images, atol=0.05)
@@ -99,9 +100,9 @@ def test_hsv_conversion_matches_colorsys_and_round_trips():
     rng = np.random.default_rng(3)
     rgb = rng.random((200, 3), dtype=np.float32)
     rgb[:3] = [[1, 0, 0], [0.3, 0.3, 0.3], [0, 0, 0]]  # a pure hue, a grey, black
-    hsv = np.asarray(ip.rgb_to_hsv(jnp.asarray(rgb)))
+    hsv = np.asarray(augment.rgb_to_hsv(jnp.asarray(rgb)))
     np.testing.assert_allclose(hsv, [colorsys.rgb_to_hsv(*p) for p in rgb], atol=1e-5)
-    np.testing.assert_allclose(np.asarray(ip.hsv_to_rgb(jnp.asarray(hsv))), rgb, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(augment.hsv_to_rgb(jnp.asarray(hsv))), rgb, atol=1e-5)
 
 
 def test_hsv_adjust_matches_a_hand_computation_and_identity_factors_change_nothing():
@@ -109,19 +110,19 @@ def test_hsv_adjust_matches_a_hand_computation_and_identity_factors_change_nothi
     image = jnp.asarray(np.array(pixel, np.float32).reshape(1, 1, 1, 3))
     f = dict(hue_shift=0.95, s_power=2.0, s_mult=0.8, s_add=0.05,
              v_power=0.5, v_mult=1.2, v_add=-0.1)
-    out = ip.hsv_adjust(image, {k: jnp.array([v], jnp.float32) for k, v in f.items()})
+    out = augment.hsv_adjust(image, {k: jnp.array([v], jnp.float32) for k, v in f.items()})
     h, s, v = colorsys.rgb_to_hsv(*pixel)
     expected = colorsys.hsv_to_rgb((h + 0.95) % 1.0, min(max(s**2 * 0.8 + 0.05, 0), 1),
                                    min(max(v**0.5 * 1.2 - 0.1, 0), 1))
     np.testing.assert_allclose(np.asarray(out).ravel(), expected, atol=1e-5)
 
-    identity = ip.sample_hsv_factors(jax.random.key(0), 5, strength=0.0)
+    identity = augment.sample_hsv_factors(jax.random.key(0), 5, strength=0.0)
     images = jnp.asarray(np.random.default_rng(4).random((5, 4, 4, 3), dtype=np.float32))
-    np.testing.assert_allclose(np.asarray(ip.hsv_adjust(images, identity)), images, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(augment.hsv_adjust(images, identity)), images, atol=1e-5)
 
 
 def test_hsv_factors_cover_the_issue_ranges_at_strength_one():
-    f = {k: np.asarray(v) for k, v in ip.sample_hsv_factors(jax.random.key(1), 20000, 1.0)
+    f = {k: np.asarray(v) for k, v in augment.sample_hsv_factors(jax.random.key(1), 20000, 1.0)
          .items()}
     for ch in ("s", "v"):
         assert 0.25 <= f[f"{ch}_power"].min() < 0.27 and 3.7 < f[f"{ch}_power"].max() <= 4.0
@@ -145,7 +146,7 @@ def test_pca_lighting_adds_alpha_times_eigval_times_eigvec_per_image():
     np.testing.assert_allclose(data.channel_std, pixels.std(0), atol=1e-6)
 
     x = jnp.asarray(np.random.default_rng(5).random((4000, 2, 2, 3), dtype=np.float32))
-    out = np.asarray(ip.pca_lighting(jax.random.key(2), x, jnp.asarray(vals),
+    out = np.asarray(augment.pca_lighting(jax.random.key(2), x, jnp.asarray(vals),
                                      jnp.asarray(vecs), 0.1))
     shift = out - np.asarray(x)
     np.testing.assert_allclose(shift, np.broadcast_to(shift[:, :1, :1], shift.shape), atol=1e-6)
@@ -159,8 +160,8 @@ def test_pca_lighting_adds_alpha_times_eigval_times_eigvec_per_image():
 
 def _normalized_train(config, images):
     data = _data(images, config)
-    stats = {k: jnp.asarray(v) for k, v in ip.normalization_arrays(data, config).items()}
-    return np.asarray(ip.normalize_batch(jnp.asarray(images), stats), np.float64), data
+    stats = {k: jnp.asarray(v) for k, v in statistics.normalization_arrays(data, config).items()}
+    return np.asarray(augment.normalize_batch(jnp.asarray(images), stats), np.float64), data
 
 
 def test_channel_standardize_gives_mean_zero_std_one_per_channel():
@@ -194,10 +195,10 @@ def test_whitened_training_data_has_identity_covariance(kind, over):
 
 def test_whitening_epsilon_shrinks_low_variance_directions():
     images = _correlated_images()
-    cov = ip.image_covariance(images, (images / 255.0).mean(0))
-    strong = ip.whitening_matrix(cov, "pca", 1e-8)
-    mild = ip.whitening_matrix(cov, "pca", 1.0)
-    vals, _ = ip.eigh_descending(cov)
+    cov = statistics.image_covariance(images, (images / 255.0).mean(0))
+    strong = statistics.whitening_matrix(cov, "pca", 1e-8)
+    mild = statistics.whitening_matrix(cov, "pca", 1.0)
+    vals, _ = statistics.eigh_descending(cov)
     np.testing.assert_allclose(np.linalg.norm(mild, axis=1), 1 / np.sqrt(vals + 1.0), rtol=1e-6)
     assert np.all(np.linalg.norm(strong, axis=1) > np.linalg.norm(mild, axis=1))
 
@@ -224,7 +225,7 @@ def test_whitening_epsilon_shrinks_low_variance_directions():
     ],
 )
 def test_bad_augment_and_normalize_keys_are_one_line_errors(path, overrides, message):
-    c = config_loading.load_config(f"configs/{path}.py", overrides)
+    c = command_line.load_config(f"configs/{path}.py", overrides)
     with pytest.raises(ValueError, match=None) as e:
         train.validate_config(c, 4)
     assert message in str(e.value) and "\n" not in str(e.value)
@@ -232,34 +233,32 @@ def test_bad_augment_and_normalize_keys_are_one_line_errors(path, overrides, mes
 
 def test_defaults_keep_the_paper_recipe():
     for path in ("cifar10", "digits"):
-        c = config_loading.load_config(f"configs/{path}.py")
+        c = command_line.load_config(f"configs/{path}.py")
         assert c.normalize == "pixel_mean" and c.augment.scale is None
         assert c.augment.hsv_jitter == 0 and c.augment.pca_lighting == 0
         train.validate_config(c, 4)
-    c = config_loading.load_config("configs/cifar10.py")
+    c = command_line.load_config("configs/cifar10.py")
     assert (c.augment.crop_padding, c.augment.flip) == (4, True)
-    c = config_loading.load_config("configs/digits.py")
+    c = command_line.load_config("configs/digits.py")
     assert (c.augment.crop_padding, c.augment.flip) == (0, False)
-    c = config_loading.load_config("configs/imagenet.py")
+    c = command_line.load_config("configs/imagenet.py")
     assert c.normalize == "channel_standardize"
     train.validate_config(c, 4)
 
 
 def test_evaluation_normalises_with_the_training_sets_whitening():
     """The eval scan sees the test images whitened by the matrix fitted on the train split."""
-    import types
+    from data.feeds import InMemoryFeed
+    from training import measure, parallel
 
-    import data_feed
-    import parallel
+    def masked_image_sum(state, batch):
+        return (batch["image"] * batch["mask"][:, None, None, None]).sum(0)
 
     c = tiny_config(normalize="zca", whiten_over="image")
-    feed = data_feed.InMemoryFeed(c, parallel.make_mesh())
+    feed = InMemoryFeed(c, parallel.make_mesh())
     assert sorted(feed.stats) == ["image_matrix", "mean"]
-    stub = types.SimpleNamespace(model=lambda p, b: types.SimpleNamespace(eval=lambda: None))
-    got = data_feed.sum_over_split(
-        stub, lambda model, x, batch: (x * batch["mask"][:, None, None, None]).sum(0),
-        jnp.zeros((8, 8, 1)), None, None, feed.eval_splits["test"], feed.stats)
-    data = ip.load_in_memory(c)
+    got = measure.reduce_split(feed, "test", masked_image_sum, None)
+    data = datasets.load_in_memory(c)
     flat = (data.test.images.reshape(len(data.test.images), -1) / 255.0
             - data.mean_image.reshape(-1))
     expected = (flat @ data.whitening.T.astype(np.float64)).sum(0).reshape(8, 8, 1)
@@ -280,24 +279,20 @@ def test_digits_run_with_scale_lighting_and_zca_finishes_with_a_finite_loss(tmp_
 
 def test_rgb_train_step_with_every_colour_option_stays_finite():
     """HSV jitter, PCA lighting, scale and colour PCA whitening inside the jitted step."""
-    import data_feed
-    import parallel
+    from training import dispatch, measure
 
     c = tiny_config("configs/cifar10.py:resnet-8", **{
         "augment.hsv_jitter": "1.0", "augment.pca_lighting": "0.1", "augment.scale": "(1.0,1.3)",
         "normalize": "pca", "whiten_over": "channel", "num_steps": "5"})
     train.validate_config(c, 4)
-    mesh = parallel.make_mesh()
     images = _correlated_images(n=64, hw=8)
     labels = np.arange(64, dtype=np.int32) % 10
-    split = ip.Split(images, labels)
-    data = ip.InMemoryData("rgb", 10, split, split, None, (images / 255.0).mean(0))
-    feed = data_feed.InMemoryFeed(c, mesh, data)
-    assert sorted(feed.stats) == ["channel_matrix", "eigvals", "eigvecs", "mean"]
-    schedule = train.derive_schedule(c, feed.num_train)
-    trainer, parts = train.build_trainer(c, mesh, schedule)
-    state, sums = feed.make_train_chunk(trainer, 0)(train.init_state(parts, c, mesh), 0)
-    loss, error, steps, _ = data_feed.read_chunk_sums(sums)
+    split = datasets.Split(images, labels)
+    data = datasets.InMemoryData("rgb", 10, split, split, None, (images / 255.0).mean(0))
+    parts = run_parts(c, data)
+    assert sorted(parts.feed.stats) == ["channel_matrix", "eigvals", "eigvecs", "mean"]
+    state, sums = parts.chunk(parts.state, 0)
+    loss, error, steps, _ = dispatch.read_chunk_sums(sums)
     assert int(state.step) == 5 and steps == 5 and np.isfinite(loss) and 0 <= error <= 5
-    out = feed.make_evaluate(trainer)(state.params, state.batch_stats)
+    out = measure.evaluate(parts.feed, state)
     assert np.isfinite(out["test_loss"]) and 0 <= out["test_error"] <= 1

@@ -5,10 +5,8 @@ import json
 import jax.numpy as jnp
 import pytest
 
-import config_loading
-import parallel
-import train
 from experiments import benchmark
+from training import command_line, steps
 
 
 def _cifar_resnet_conv_macs(n: int) -> int:
@@ -21,16 +19,13 @@ def _cifar_resnet_conv_macs(n: int) -> int:
     return stem + stages + 64 * 10
 
 
-def _trainer(net: str):
-    """(trainer, params, batch_stats) of a CIFAR-10 network."""
-    config = config_loading.load_config(f"configs/cifar10.py:{net}", {})
-    mesh = parallel.make_mesh()
-    trainer, parts = train.build_trainer(config, mesh, train.derive_schedule(config, 50000))
-    return trainer, parts[1], parts[2]
+def _state(net: str):
+    """A fresh train state of a CIFAR-10 network."""
+    return steps.create_train_state(command_line.load_config(f"configs/cifar10.py:{net}", {}))
 
 
 def test_forward_macs_are_the_networks_multiply_adds():
-    macs = benchmark.forward_macs(*_trainer("resnet-20"), (32, 32, 3))
+    macs = benchmark.forward_macs(_state("resnet-20"), (32, 32, 3))
     convs_and_fc = _cifar_resnet_conv_macs(3)
     # BatchNorm, ReLU and the additions are counted too, but are under 1% of a conv net.
     assert convs_and_fc <= macs < 1.01 * convs_and_fc
@@ -38,7 +33,7 @@ def test_forward_macs_are_the_networks_multiply_adds():
 
 @pytest.mark.parametrize("net,layers,distinct", [("resnet-20", 19, 6), ("plain-32", 31, 6)])
 def test_model_convolutions_lists_every_layer_once(net, layers, distinct):
-    convs = benchmark.model_convolutions(*_trainer(net), jnp.zeros((2, 32, 32, 3)))
+    convs = benchmark.model_convolutions(_state(net), jnp.zeros((2, 32, 32, 3)))
     assert sum(count for *_, count in convs) == layers
     assert len(convs) == distinct  # stem; 16->16; 16->32 /2; 32->32; 32->64 /2; 64->64
 
@@ -51,7 +46,7 @@ def test_benchmark_prints_a_json_line_with_its_figures(capsys):
     assert result["model"] == "resnet-8"
     assert result["batch_size"] == 8 and result["devices"] == 4
     assert result["flops_per_image"] == 6 * benchmark.forward_macs(
-        *_trainer("resnet-8"), (32, 32, 3))
+        _state("resnet-8"), (32, 32, 3))
     assert result["images_per_sec"] == pytest.approx(8 / (result["step_ms"] / 1e3), rel=1e-2)
     assert result["conv_ms"] > 0
     assert result["step_over_conv"] == pytest.approx(result["step_ms"] / result["conv_ms"],

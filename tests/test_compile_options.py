@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import compile_options
 from models.conv import NHWC, conv_general_dilated
+from training import compile_options
 
 
 def _conv_grad(x, w):

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-import distributed
+from training import distributed
 
 TINY = {
     "model.depth": "14",

@@ -5,13 +5,14 @@ import shutil
 
 import numpy as np
 import pytest
-from test_train import load_json, read_metrics, tiny_config
+from conftest import load_json, read_metrics, tiny_config
 
-import input_pipeline
-import parallel
 import train
-from checkpointing import Checkpointer
+from data import augment, datasets
+from data.device import replicate
 from experiments import ensemble
+from training import parallel, steps
+from training.checkpoints import Checkpointer
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +30,10 @@ def runs(tmp_path_factory):
 def independent_softmax(run_dir, step):
     """The member's softmax on the whole test set in one eager call, without the eval scan."""
     config = ensemble.config_from_json(load_json(run_dir / "config.json"))
-    data = input_pipeline.load_in_memory(config)
-    mesh = parallel.make_mesh()
-    trainer, parts = train.build_trainer(config, mesh, train.derive_schedule(config, 1))
-    state = Checkpointer(run_dir, 3).restore(step, train.init_state(parts, config, mesh))
-    model = trainer.model(state.params, state.batch_stats)
-    model.eval()
-    x = input_pipeline.normalize(data.test.images, data.mean_image)
+    data = datasets.load_in_memory(config)
+    like = replicate(steps.create_train_state(config), parallel.make_mesh())
+    model = Checkpointer(run_dir, 3).restore(step, like).model()
+    x = augment.normalize(data.test.images, data.mean_image)
     logits = np.asarray(model(x), np.float64)
     e = np.exp(logits - logits.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True), data.test.labels

@@ -7,19 +7,18 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from conftest import TINY, read_metrics, tiny_config
 from flax import nnx
-from test_train import TINY, read_metrics, tiny_config
 
-import finetune
 import models
-import optim
 import train
-from checkpointing import Checkpointer
+from training import finetune, param_paths
+from training.checkpoints import Checkpointer
 
 
 def _flat(params, batch_stats):
     """{(part, path names as strings...): array}: checkpoints spell list indices as strings."""
-    return {(part, *map(str, optim.names(kp))): np.asarray(v)
+    return {(part, *map(str, param_paths.names(kp))): np.asarray(v)
             for part, tree in (("params", params), ("batch_stats", batch_stats))
             for kp, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 

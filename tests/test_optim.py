@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import read_metrics, tiny_config
 from flax import nnx
-from test_train import read_metrics, tiny_config
 
-import optim
 import train
+from training import optimizer, param_paths, schedule
 
 LR, WD, L1, MOMENTUM = 0.1, 0.01, 0.003, 0.9
 
@@ -23,7 +23,7 @@ def _params():
 
 def _two_steps(config, grads):
     """Two SGD steps as ``Trainer.apply_gradients`` takes them (updates scaled by -lr)."""
-    tx = train.make_optimizer(config)
+    tx = optimizer.make_optimizer(config)
     params = _params()
     opt_state = tx.init(params)
     for g in grads:
@@ -72,7 +72,7 @@ def _as_state(grads):
 
 def test_the_papers_optimizer_state_is_unchanged_by_the_new_options():
     """Default config: chain(add_decayed_weights, trace) exactly as before (checkpoint layout)."""
-    state = train.make_optimizer(tiny_config()).init(_params())
+    state = optimizer.make_optimizer(tiny_config()).init(_params())
     assert len(state) == 2 and isinstance(state[1], optax.TraceState)
 
 
@@ -90,8 +90,8 @@ def test_max_norm_rescales_each_units_incoming_vector_and_leaves_the_rest():
             "stages": {0: {"repeated": {"conv": {"kernel": stacked}}}},
             "head": {"kernel": linear, "bias": bias}}
     frozen = {"stem": {"conv": {"kernel": conv}}}
-    out = jax.tree.map(np.asarray, optim.project_max_norm(tree, c))
-    kept = optim.project_max_norm(frozen, c, skip=lambda path: path[0] == "stem")
+    out = jax.tree.map(np.asarray, optimizer.project_max_norm(tree, c))
+    kept = optimizer.project_max_norm(frozen, c, skip=lambda path: path[0] == "stem")
     np.testing.assert_array_equal(kept["stem"]["conv"]["kernel"], conv)
 
     def check(before, after, axes, inside):
@@ -117,13 +117,13 @@ def test_max_norm_holds_for_every_kernel_after_training(tmp_path):
     c = 0.5  # well below the norms of He-initialised kernels, so every step projects
     config = tiny_config(num_steps=5, layer_responses=False, **{"optimizer.max_norm": c})
     train.train_and_evaluate(config, str(tmp_path))
-    from checkpointing import Checkpointer
+    from training.checkpoints import Checkpointer
 
     ckpt = Checkpointer(str(tmp_path), keep=3)
     params = ckpt.manager.restore(ckpt.latest_step())["params"]
     kernels = 0
     for kp, p in jax.tree_util.tree_flatten_with_path(params)[0]:
-        path = optim.names(kp)
+        path = param_paths.names(kp)
         if path[-1] != "kernel":
             continue
         first = 1 if "repeated" in path else 0
@@ -140,10 +140,10 @@ def test_max_norm_holds_for_every_kernel_after_training(tmp_path):
 
 def test_plateau_rule_sequence():
     """patience 2, factor 10, floor 0.005: reductions after two evaluations without progress."""
-    state = optim.PlateauState.initial()
+    state = schedule.PlateauState.initial()
     scales, counts = [], []
     for error in (0.5, 0.4, 0.4, 0.45, 0.3, 0.3, 0.3, 0.3, 0.3, 0.2):
-        state = optim.plateau_update(state, error, factor=10, patience=2, min_scale=0.005)
+        state = schedule.plateau_update(state, error, factor=10, patience=2, min_scale=0.005)
         scales.append(float(state.scale))
         counts.append(int(state.since_best))
     np.testing.assert_allclose(scales, [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.005, 0.005],
@@ -151,9 +151,9 @@ def test_plateau_rule_sequence():
     assert counts == [0, 0, 1, 0, 0, 1, 0, 1, 0, 0]
     assert float(state.best) == pytest.approx(0.2)
     # A threshold: 0.4 -> 0.37 is not an improvement of more than 0.05.
-    state = optim.PlateauState.initial()
+    state = schedule.PlateauState.initial()
     for error in (0.4, 0.37):
-        state = optim.plateau_update(state, error, factor=5, patience=1, threshold=0.05)
+        state = schedule.plateau_update(state, error, factor=5, patience=1, threshold=0.05)
     assert float(state.scale) == pytest.approx(0.2) and float(state.best) == pytest.approx(0.4)
 
 

@@ -1,48 +1,17 @@
 """Tests of the training engine: run files, resume after a kill, BatchNorm modes, TFDS path."""
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
+from conftest import TINY, load_json, read_metrics, run_parts, tiny_config, train_cmd
 
-import config_loading
 import train
-
-TINY = {  # depth 14: two blocks per stage, so the scanned-blocks path runs too
-    "model.depth": "14",
-    "model.widths": "(4,8,16)",
-    "batch_size": "32",
-    "num_steps": "20",
-    "log_every_steps": "5",
-    "eval_every_steps": "10",
-    "checkpoint_every_steps": "10",
-}
-
-
-def tiny_config(path="configs/digits.py:resnet-14", **overrides):
-    return config_loading.load_config(path, {**TINY, **{k: str(v) for k, v in overrides.items()}})
-
-
-def load_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_metrics(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def train_cmd(workdir, *extra):
-    args = [f"--config.{k}={v}" for k, v in TINY.items()]
-    return [sys.executable, "train.py", "--config", "configs/digits.py:resnet-14",
-            "--workdir", str(workdir), *args, *extra]
+from training import command_line, exits, measure, schedule
 
 
 def test_a_run_writes_a_complete_run_directory(tmp_path):
@@ -66,22 +35,22 @@ def test_a_run_writes_a_complete_run_directory(tmp_path):
 
 def test_steps_epochs_and_boundaries_are_derived_from_the_final_config():
     c = tiny_config(num_epochs=3.0)
-    s = train.derive_schedule(c, num_train=1437)
+    s = schedule.derive_schedule(c, num_train=1437)
     assert s.steps_per_epoch == 1437 // 32 and s.total_steps == 3 * (1437 // 32)
     assert s.boundaries == (round(0.5 * s.total_steps), round(0.75 * s.total_steps))
     c = tiny_config(**{"schedule.boundaries_epochs": "(1, 2)"})
-    assert train.derive_schedule(c, 1437).boundaries == (44, 88)
+    assert schedule.derive_schedule(c, 1437).boundaries == (44, 88)
     c = tiny_config(**{"schedule.boundaries_steps": "(7, 9)", "batch_size": 64})
-    s = train.derive_schedule(c, 1437)
+    s = schedule.derive_schedule(c, 1437)
     assert s.boundaries == (7, 9) and s.steps_per_epoch == 22
-    lrs = [float(train.learning_rate(c, s, step, False)) for step in (0, 6, 7, 8, 9, 19)]
+    lrs = [float(schedule.learning_rate(c, s, step, False)) for step in (0, 6, 7, 8, 9, 19)]
     np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
 
 
 def test_cosine_and_warmup_schedules():
     c = tiny_config(**{"schedule.name": "cosine", "schedule.warmup_steps": 4})
-    s = train.derive_schedule(c, 1437)
-    lr = lambda step: float(train.learning_rate(c, s, step, False))  # noqa: E731
+    s = schedule.derive_schedule(c, 1437)
+    lr = lambda step: float(schedule.learning_rate(c, s, step, False))  # noqa: E731
     np.testing.assert_allclose([lr(0), lr(1), lr(3)], [0.025, 0.05, 0.1], rtol=1e-5)
     np.testing.assert_allclose(lr(12), 0.1 * 0.5 * (1 + np.cos(np.pi * 8 / 16)), rtol=1e-5)
     np.testing.assert_allclose(lr(20), 0.0, atol=1e-7)
@@ -106,7 +75,7 @@ def _wait_for(path, timeout=120):
 
 
 def _final_params(workdir):
-    from checkpointing import Checkpointer
+    from training.checkpoints import Checkpointer
 
     ckpt = Checkpointer(workdir, keep=3)
     step = ckpt.latest_step()
@@ -176,7 +145,7 @@ def test_sync_batchnorm_matches_one_device_and_per_device_differs(tmp_path):
 def test_cifar10_end_to_end_through_the_real_tfds_path(tmp_path):
     import tensorflow_datasets as tfds
 
-    c = config_loading.load_config("configs/cifar10.py:resnet-8", {
+    c = command_line.load_config("configs/cifar10.py:resnet-8", {
         **TINY, "num_steps": "4", "log_every_steps": "2", "eval_every_steps": "4",
         "checkpoint_every_steps": "4", "val_examples": "16"})
     with tfds.testing.mock_data(num_examples=96):
@@ -199,17 +168,18 @@ def test_imagenet_streaming_eval_counts_every_example_once():
     import jax.numpy as jnp
     import tensorflow_datasets as tfds
 
-    import data_feed
-    import parallel
+    from data.feeds import StreamingFeed
+    from training import parallel
 
-    c = config_loading.load_config("configs/imagenet.py:resnet-18", IMAGENET_TINY)
+    def count_and_label_sum(state, batch):
+        return jnp.stack([batch["mask"].sum(), (batch["label"] * batch["mask"]).sum()])
+
+    c = command_line.load_config("configs/imagenet.py:resnet-18", IMAGENET_TINY)
     with tfds.testing.mock_data(num_examples=20):
-        feed = data_feed.StreamingFeed(c, parallel.make_mesh())
+        feed = StreamingFeed(c, parallel.make_mesh())
         labels = np.concatenate([b["label"] for b in tfds.as_numpy(
             tfds.load("imagenet2012", split="validation", batch_size=8))])
-        count, label_sum = feed.reduce_split(
-            "validation",
-            lambda p, s, x, y, m: jnp.stack([m.sum(), (y * m).sum()]), None, None)
+        count, label_sum = measure.reduce_split(feed, "test", count_and_label_sum, None)
     assert feed.num_train == 20
     assert count == 20 and label_sum == labels.sum()
 
@@ -217,7 +187,7 @@ def test_imagenet_streaming_eval_counts_every_example_once():
 def test_imagenet_end_to_end_through_the_streaming_tfds_path(tmp_path):
     import tensorflow_datasets as tfds
 
-    c = config_loading.load_config("configs/imagenet.py:resnet-18",
+    c = command_line.load_config("configs/imagenet.py:resnet-18",
                                    {**IMAGENET_TINY, "layer_responses": "True",
                                     # 2 images per device at 1x1 in the last stage: keep
                                     # BN statistics global and steps small to stay finite.
@@ -275,16 +245,8 @@ def test_resuming_with_a_different_config_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("loop_on_device", [False, True])
 def test_training_loop_moves_nothing_between_host_and_device(loop_on_device):
     """In-memory data: after compilation, steps run under transfer_guard('disallow')."""
-    import data_feed
-    import parallel
-
-    c = tiny_config(loop_on_device=loop_on_device)
-    mesh = parallel.make_mesh()
-    feed = data_feed.InMemoryFeed(c, mesh)
-    schedule = train.derive_schedule(c, feed.num_train)
-    trainer, parts = train.build_trainer(c, mesh, schedule)
-    state = train.init_state(parts, c, mesh)
-    chunk = feed.make_train_chunk(trainer, 0)
+    parts = run_parts(tiny_config(loop_on_device=loop_on_device))
+    state, chunk = parts.state, parts.chunk
     state, sums = chunk(state, 0)  # compiles
     with jax.transfer_guard("disallow"):
         state, sums = chunk(state, 5)
@@ -297,29 +259,23 @@ def test_training_loop_moves_nothing_between_host_and_device(loop_on_device):
 
 def test_steps_and_evaluations_compile_once():
     """After the first chunk and the first evaluation, nothing is compiled again."""
-    import data_feed
-    import parallel
-
     compiles = []
 
     def on_event(name, seconds, **kwargs):
         if name == "/jax/core/compile/backend_compile_duration":
             compiles.append(seconds)
 
-    c = tiny_config()
-    mesh = parallel.make_mesh()
-    feed = data_feed.InMemoryFeed(c, mesh)
-    trainer, parts = train.build_trainer(c, mesh, train.derive_schedule(c, feed.num_train))
-    state = train.init_state(parts, c, mesh)
-    chunk, evaluate = feed.make_train_chunk(trainer, 0), feed.make_evaluate(trainer)
+    parts = run_parts(tiny_config())
+    state, chunk = parts.state, parts.chunk
+    evaluate = lambda state: measure.evaluate(parts.feed, state)  # noqa: E731
     jax.monitoring.register_event_duration_secs_listener(on_event)
     try:
         state, _ = chunk(state, 0)
-        first = evaluate(state.params, state.batch_stats)
+        first = evaluate(state)
         after_first = len(compiles)
         for step in (5, 10):
             state, sums = chunk(state, step)
-            later = evaluate(state.params, state.batch_stats)
+            later = evaluate(state)
         jax.block_until_ready((state, sums))
     finally:
         jax.monitoring.unregister_event_duration_listener(on_event)
@@ -354,12 +310,11 @@ def test_a_full_disk_is_a_clear_error_and_the_last_checkpoint_stays_usable(
         tmp_path, monkeypatch, what):
     import errno
 
-    import checkpointing
-    import run_files
+    from training import checkpoints, run_dir
 
     c = tiny_config(checkpoint_every_steps=5)
-    target, method = ((checkpointing.Checkpointer, "save") if what == "checkpoint"
-                      else (run_files.MetricsLog, "append"))
+    target, method = ((checkpoints.Checkpointer, "save") if what == "checkpoint"
+                      else (run_dir.MetricsLog, "append"))
     real = getattr(target, method)
 
     def fail_at_step_15(self, *args):
@@ -369,7 +324,7 @@ def test_a_full_disk_is_a_clear_error_and_the_last_checkpoint_stays_usable(
         return real(self, *args)
 
     monkeypatch.setattr(target, method, fail_at_step_15)
-    with pytest.raises(train.WriteFailed) as info:
+    with pytest.raises(exits.WriteFailed) as info:
         train.train_and_evaluate(c, str(tmp_path))
     message = str(info.value)
     assert f"cannot write the {what} at step 15" in message

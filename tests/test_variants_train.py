@@ -1,9 +1,9 @@
 """End-to-end runs of the architecture variants and layer knobs, and the dead-unit metric."""
 
 import numpy as np
+from conftest import read_metrics, tiny_config
 
 import train
-from tests.test_train import read_metrics, tiny_config
 
 
 def test_dead_units_are_logged_at_every_evaluation_and_zero_init_kills_every_unit(tmp_path):

@@ -21,6 +21,8 @@ from typing import Any
 
 import ml_collections
 
+from training.exits import EXIT_BAD_INPUT
+
 
 def split_config_arg(path_with_arg: str) -> tuple[str, str | None]:
     """'configs/x.py:resnet-56' -> ('configs/x.py', 'resnet-56')."""
@@ -33,10 +35,8 @@ def load_module(path: str) -> ModuleType:
     if not os.path.isfile(path):
         raise ValueError(f"config file {path!r} does not exist")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    here = os.path.dirname(os.path.abspath(__file__))
-    for p in (here, root):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+    if root not in sys.path:
+        sys.path.insert(0, root)
     name = "_config_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -143,14 +143,22 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
     return out
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are a ``ValueError`` (one ``error:`` line), not usage and exit."""
+
+    def error(self, message: str):
+        raise ValueError(message)
+
+
+def bad_input(error: Exception) -> int:
+    """Prints the one ``error:`` line of bad input and returns its exit code."""
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
 def parse_train_args(argv: list[str]) -> argparse.Namespace:
     """train.py's command line: --config FILE[:ARG] --workdir DIR [--config.key=value ...]."""
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one-line error instead of usage + exit
-            raise ValueError(message)
-
-    p = Parser(prog="train.py", description="Train one network from a config file.")
+    p = ArgumentParser(prog="train.py", description="Train one network from a config file.")
     p.add_argument("--config", required=True, help="configs/FILE.py[:ARG]")
     p.add_argument("--workdir", required=True, help="run directory (resumed if it exists)")
     p.add_argument("--allow-config-change", action="store_true",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import tempfile
 from collections.abc import Iterable
 from typing import Any
@@ -162,45 +161,9 @@ def summarize(lines: Iterable[dict], **fields: Any) -> dict:
             for k, v in summary.items()}
 
 
-def record_failure(workdir: str, config: Any, status: str, error: str, **extra: Any) -> None:
+def record_failure(workdir: str, status: str, error: str, **fields: Any) -> None:
     """Writes summary.json for a run that stopped without finishing (diverged / failed)."""
     if not os.path.isdir(workdir):
         return
-    import models  # noqa: PLC0415
-
-    try:
-        name = models.spec_from_config(config.model).name
-    except ValueError:
-        name = None
-    summary = summarize(MetricsLog(workdir, False).read(), status=status, name=name,
-                        error=error, **extra)
+    summary = summarize(MetricsLog(workdir, False).read(), status=status, error=error, **fields)
     write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-
-
-class Progress:
-    """A tqdm bar on a terminal; plain log lines (one per logged step) otherwise."""
-
-    def __init__(self, total: int, initial: int, log_every: int):
-        self.tty = sys.stdout.isatty()
-        self.bar = None
-        if self.tty:
-            from tqdm import tqdm  # noqa: PLC0415
-
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-        self.total = total
-
-    def update(self, line: dict) -> None:
-        shown = {"loss": f"{line['train_loss']:.3f}", "err": f"{line['train_error']:.3f}",
-                 "img/s": f"{line['images_per_sec']:.0f}"}
-        if "test_error" in line:
-            shown["test_err"] = f"{line['test_error']:.4f}"
-        if self.bar is not None:
-            self.bar.update(line["step"] - self.bar.n)
-            self.bar.set_postfix(shown, refresh=True)
-        else:
-            print(f"step {line['step']}/{self.total} " + " ".join(f"{k}={v}" for k, v in
-                                                                shown.items()), flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

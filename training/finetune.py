@@ -31,10 +31,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-import checkpointing
 import models
-import optim
-import run_files
+from training import checkpoints, param_paths, run_dir
 
 HEAD = "head"
 
@@ -73,15 +71,32 @@ def frozen_predicate(freeze: str | None, num_stages: int) -> Callable[[tuple], b
     return is_frozen
 
 
+def frozen_predicate_of(config: ml_collections.ConfigDict) -> Callable[[tuple], bool]:
+    """``is_frozen(path)`` for ``config.finetune.freeze`` on this config's network."""
+    num_stages = len(models.spec_from_config(config.model).stage_sizes)
+    return frozen_predicate(config.finetune.freeze, num_stages)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks ``finetune.*`` against the network (its stages); one-line ValueErrors."""
+    ft = config.finetune
+    frozen_predicate_of(config)  # validates finetune.freeze against the number of stages
+    if ft.from_run is None and (freezes(ft.freeze) or ft.from_step is not None):
+        raise ValueError("finetune.freeze and finetune.from_step need finetune.from_run "
+                         "(the run to start from)")
+    if ft.from_step is not None and ft.from_step < 0:
+        raise ValueError(f"finetune.from_step must be >= 0 (or None = latest), got {ft.from_step}")
+
+
 def param_labels(is_frozen: Callable[[tuple], bool]) -> Callable[[Any], Any]:
     """``optax.multi_transform`` labels: 'frozen' or 'train' for each parameter."""
-    return lambda params: optim.map_with_names(
+    return lambda params: param_paths.map_with_names(
         lambda path, _: "frozen" if is_frozen(path) else "train", params)
 
 
 def keep_frozen(is_frozen: Callable[[tuple], bool], old: Any, new: Any) -> Any:
     """``new`` with the frozen entries taken from ``old`` (exactly, whatever the step did)."""
-    return optim.map_with_names(lambda path, o, n: o if is_frozen(path) else n, old, new)
+    return param_paths.map_with_names(lambda path, o, n: o if is_frozen(path) else n, old, new)
 
 
 def freeze_batch_norm(model: models.ResNet, freeze: str | None) -> None:
@@ -103,7 +118,7 @@ def _flat_shapes(model: nnx.Module) -> dict[tuple, Any]:
     _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     flat = {}
     for tree in (params, batch_stats):
-        optim.map_with_names(lambda path, a: flat.setdefault(path, a.shape), tree)
+        param_paths.map_with_names(lambda path, a: flat.setdefault(path, a.shape), tree)
     return flat
 
 
@@ -124,10 +139,10 @@ def source_step(config: ml_collections.ConfigDict) -> tuple[dict, int]:
         what = "is not a run directory (no config.json)" if os.path.isdir(run) else "does not exist"
         raise ValueError(f"finetune.from_run {run!r} {what}")
     try:
-        source = run_files.read_json(path)
+        source = run_dir.read_json(path)
     except (OSError, ValueError) as e:
         raise ValueError(f"finetune.from_run {run!r}: cannot read config.json ({e})") from e
-    steps = checkpointing.checkpoint_steps(run)
+    steps = checkpoints.checkpoint_steps(run)
     if not steps:
         raise ValueError(f"finetune.from_run {run!r} has no checkpoint")
     step = steps[-1] if want is None else int(want)
@@ -179,14 +194,14 @@ def import_source(config: ml_collections.ConfigDict, params: Any,
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                         {"params": src_params, "batch_stats": src_stats})
-    restored = checkpointing.restore_subtrees(config.finetune.from_run, step, like)
+    restored = checkpoints.restore_subtrees(config.finetune.from_run, step, like)
     flat = {}
     for tree in (restored["params"], restored["batch_stats"]):
-        optim.map_with_names(lambda path, a: flat.setdefault(path, a), tree)
+        param_paths.map_with_names(lambda path, a: flat.setdefault(path, a), tree)
 
     def take(path, new):
         if path[0] == HEAD:
             return new
         return np.asarray(flat[path]).astype(new.dtype)
 
-    return optim.map_with_names(take, params), optim.map_with_names(take, batch_stats)
+    return param_paths.map_with_names(take, params), param_paths.map_with_names(take, batch_stats)

@@ -1,0 +1,165 @@
+"""Datasets held in host memory: the embedded 8x8 digits and CIFAR-10/100 through TFDS.
+
+Each loads once as uint8 NHWC arrays (``InMemoryData``): train and test
+splits, an optional validation split held out of the training set (a pure
+function of ``data_seed``) and an optional class-imbalanced training subset.
+The normalisation statistics are fitted on the training split at load
+(``data.statistics``). TensorFlow and TFDS are imported lazily, so digits
+runs never pay for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from data import statistics
+
+KNOWN_DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet2012")
+IN_MEMORY_DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100")
+STREAMED_SPLITS: dict[str, tuple[str, str]] = {"imagenet2012": ("train", "validation")}
+DIGITS_TEST_EXAMPLES = 360
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split held in host memory."""
+
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N,) int32
+
+
+@dataclasses.dataclass(frozen=True)
+class InMemoryData:
+    name: str
+    num_classes: int
+    train: Split
+    test: Split
+    val: Split | None
+    mean_image: np.ndarray  # (H, W, C) float32: per-pixel mean of the train images, in [0, 1]
+    # Fitted on the train images by ``fit_statistics`` (None: not fitted yet).
+    channel_mean: np.ndarray | None = None  # (C,) mean of every pixel's colour
+    channel_std: np.ndarray | None = None  # (C,)
+    rgb_eigvals: np.ndarray | None = None  # (C,) eigenvalues of the colour covariance, descending
+    rgb_eigvecs: np.ndarray | None = None  # (C, C) the matching unit eigenvectors, as columns
+    whitening: np.ndarray | None = None  # (D, D) or (C, C) for normalize=zca/pca, else None
+
+
+
+def check_known(name: str) -> None:
+    if name not in KNOWN_DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
+
+
+def _stratified_split(labels: np.ndarray, n_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out) with ``n_out`` held out, class proportions preserved."""
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+
+    idx = np.arange(len(labels))
+    kept, held = train_test_split(idx, test_size=n_out, random_state=seed, stratify=labels)
+    return np.sort(kept), np.sort(held)
+
+
+def _take(split: Split, idx: np.ndarray) -> Split:
+    return Split(split.images[idx], split.labels[idx])
+
+
+def imbalanced_subset(labels: np.ndarray, classes, keep_fraction: float,
+                      seed: int) -> np.ndarray:
+    """Sorted indices of a deterministically imbalanced subset of a training split.
+
+    Every class in ``classes`` keeps ``max(1, round(keep_fraction * n_c))`` of
+    its ``n_c`` examples, drawn without replacement by a generator seeded with
+    (seed, class); the other classes keep all theirs. Same seed, same subset.
+    """
+    keep = [np.arange(len(labels))[~np.isin(labels, list(classes))]]
+    for c in sorted(int(c) for c in classes):
+        members = np.flatnonzero(labels == c)
+        n = max(1, round(keep_fraction * len(members))) if len(members) else 0
+        keep.append(np.random.default_rng([seed, c]).permutation(members)[:n])
+    return np.sort(np.concatenate(keep))
+
+
+
+def _load_digits() -> tuple[Split, Split, int]:
+    from sklearn.datasets import load_digits  # noqa: PLC0415
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = d.target.astype(np.int32)
+    train_idx, test_idx = _stratified_split(labels, DIGITS_TEST_EXAMPLES, seed=0)
+    everything = Split(images, labels)
+    return _take(everything, train_idx), _take(everything, test_idx), 10
+
+
+def import_tfds():
+    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    tf.config.set_visible_devices([], "GPU")  # or TF takes the accelerator's memory
+    return tf, tfds
+
+
+def not_prepared_error(name: str, data_dir: str | None, err: Exception) -> ValueError:
+    where = data_dir or "~/tensorflow_datasets"
+    manual = (
+        f"; ImageNet needs the archives in {where}/downloads/manual first" if
+        name == "imagenet2012" else ""
+    )
+    return ValueError(
+        f"dataset {name} is not prepared in {where} and could not be downloaded "
+        f"({type(err).__name__}); run `tfds build {name} --data_dir DIR` on a machine with "
+        f"internet and pass --config.data_dir=DIR{manual}"
+    )
+
+
+def _load_tfds_split(name: str, split: str, data_dir: str | None) -> Split:
+    """A whole TFDS split as numpy (finite batches: batch_size=-1 breaks under mock_data)."""
+    _, tfds = import_tfds()
+    try:
+        ds = tfds.load(name, split=split, data_dir=data_dir, batch_size=10_000)
+    except Exception as e:  # noqa: BLE001 - TFDS raises many kinds when offline/unprepared
+        raise not_prepared_error(name, data_dir, e) from e
+    images, labels = [], []
+    for batch in tfds.as_numpy(ds):
+        images.append(batch["image"])
+        labels.append(batch["label"])
+    return Split(np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32))
+
+
+def load_in_memory(config: Any) -> InMemoryData:
+    """Train/test (and optional validation) splits of an in-memory dataset, as uint8 NHWC."""
+    name = config.dataset
+    check_known(name)
+    if name not in IN_MEMORY_DATASETS:
+        raise ValueError(
+            f"dataset {name} is streamed, not held in memory; in-memory: "
+            f"{', '.join(IN_MEMORY_DATASETS)}"
+        )
+    if name == "digits":
+        train, test, num_classes = _load_digits()
+    else:
+        data_dir = config.get("data_dir")
+        train = _load_tfds_split(name, "train", data_dir)
+        test = _load_tfds_split(name, "test", data_dir)
+        num_classes = 10 if name == "cifar10" else 100
+    val = None
+    n_val = int(config.get("val_examples", 0) or 0)
+    if n_val:
+        if n_val >= len(train.labels):
+            raise ValueError(
+                f"val_examples ({n_val}) must be smaller than the training set "
+                f"({len(train.labels)} examples)"
+            )
+        kept, held = _stratified_split(train.labels, n_val, seed=int(config.get("data_seed", 0)))
+        train, val = _take(train, kept), _take(train, held)
+    imbalance = config.get("imbalance")
+    if imbalance is not None and imbalance.get("classes") is not None:
+        train = _take(train, imbalanced_subset(
+            train.labels, imbalance.classes, float(imbalance.keep_fraction),
+            seed=int(config.get("data_seed", 0))))
+    mean = (train.images.astype(np.float64) / 255.0).mean(axis=0).astype(np.float32)
+    data = InMemoryData(name, num_classes, train, test, val, mean)
+    return statistics.with_statistics(data, config)

@@ -1,0 +1,115 @@
+"""How steps reach the devices: every step up to the next log line as one dispatch, if it can.
+
+``make_train_chunk(feed, step_fn, ...)`` returns ``run(state, step) -> (state,
+sums)``, which advances the state to the next log step (or the end) and
+returns the chunk's summed loss and error and each step's loss on device.
+
+- In-memory feeds: the batch of each step is drawn inside the program
+  (``feed.train_batch``), so with ``loop_on_device`` the whole chunk is one
+  ``lax.fori_loop`` (no host round trip per step); otherwise one dispatch
+  per step, still with no host-to-device copy.
+- Streaming feeds: one dispatch per step, each fed a batch from the host
+  stream.
+
+Nothing recompiles between chunks: the program takes the state (donated)
+and the feed's device arrays as arguments, and the chunk length is traced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data.device import replicated
+from training.compile_options import jit
+
+StepFn = Callable[[Any, dict], tuple[Any, dict]]
+
+
+def steps_until_log(log_every: int, total: int, step: int) -> int:
+    """Steps from ``step`` to the next multiple of ``log_every`` (or to ``total``)."""
+    return min(log_every - step % log_every, total - step)
+
+
+def zero_sums(log_every: int) -> jax.Array:
+    """An empty chunk: (loss, error, steps) totals, then room for each step's loss."""
+    return jnp.zeros(3 + log_every)
+
+
+def add_step(sums: jax.Array, metrics: dict[str, jax.Array]) -> jax.Array:
+    """Adds one step's ``loss`` and ``error`` to a chunk's sums.
+
+    Step i of the chunk also writes its loss at 3 + i, so the log line can
+    show the step-to-step spread (the gradient noise of the batch size) for
+    the price of one scalar store.
+    """
+    loss, error = metrics["loss"], metrics["error"]
+    i = 3 + sums[2].astype(jnp.int32)
+    return sums.at[i].set(loss).at[:3].add(jnp.stack([loss, error, 1.0]))
+
+
+def read_chunk_sums(sums: np.ndarray) -> tuple[float, float, int, list[float]]:
+    """(summed loss, summed error, steps, each step's loss) from ``add_step``'s vector."""
+    sums = np.asarray(sums)
+    count = int(sums[2])
+    return float(sums[0]), float(sums[1]), count, [float(v) for v in sums[3:3 + count]]
+
+
+def make_train_chunk(feed: Any, step_fn: StepFn, *, log_every: int, total_steps: int,
+                     start_step: int, loop_on_device: bool = True) -> Callable:
+    """``run(state, step) -> (state, sums)``: every step from ``step`` to the next log step.
+
+    ``step_fn(state, batch) -> (state, metrics)`` is the (data-parallel) train
+    step. ``start_step`` seeds a streaming feed's shuffle; in-memory batches
+    are pure functions of (seed, step) and do not need it.
+    """
+    zeros = jit(lambda: zero_sums(log_every), out_shardings=replicated(feed.mesh))
+    if feed.arrays is None:
+        return _streamed_chunk(feed, step_fn, zeros, log_every, total_steps, start_step)
+
+    def one_step(state, arrays, sums):
+        state, metrics = step_fn(state, feed.train_batch(arrays, state.step))
+        return state, add_step(sums, metrics)
+
+    if loop_on_device:
+
+        def chunk(state, arrays):
+            n = jnp.minimum(log_every - state.step % log_every, total_steps - state.step)
+            body = lambda _, carry: one_step(carry[0], arrays, carry[1])  # noqa: E731
+            return jax.lax.fori_loop(0, n, body, (state, zero_sums(log_every)))
+
+        chunk_fn = jit(chunk, donate_argnums=0)
+        return lambda state, step: chunk_fn(state, feed.arrays)
+
+    step_jit = jit(one_step, donate_argnums=(0, 2))
+
+    def run(state, step):
+        sums = zeros()
+        for _ in range(steps_until_log(log_every, total_steps, step)):
+            state, sums = step_jit(state, feed.arrays, sums)
+        return state, sums
+
+    return run
+
+
+def _streamed_chunk(feed, step_fn: StepFn, zeros, log_every: int, total_steps: int,
+                    start_step: int) -> Callable:
+    stream = feed.train_stream(start_step)
+
+    def one_step(state, raw, sums):
+        state, metrics = step_fn(state, feed.train_batch(raw, state.step))
+        return state, add_step(sums, metrics)
+
+    step_jit = jit(one_step, donate_argnums=(0, 2))
+
+    def run(state, step):
+        sums = zeros()
+        for _ in range(steps_until_log(log_every, total_steps, step)):
+            state, sums = step_jit(state, next(stream), sums)
+        return state, sums
+
+    return run
