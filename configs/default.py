@@ -158,20 +158,24 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
-NETWORK_NAMES = "plain-DEPTH, resnet-DEPTH, preact-DEPTH, plain-preact-DEPTH or wrn-DEPTH-K"
+NETWORK_NAMES = ("plain-DEPTH, resnet-DEPTH, preact-DEPTH, plain-preact-DEPTH, wrn-DEPTH-K "
+                 "or plain-wrn-DEPTH-K")
 
 
 def apply_network_name(config: ml_collections.ConfigDict, net: str) -> None:
     """Sets the model keys a network name stands for: ``resnet-56``, ``preact-164``, ``wrn-28-10``.
 
-    The family is kept for plain/resnet/preact names (so ``configs/imagenet.py:resnet-50``
-    stays an ImageNet net); ``wrn`` sets the WRN family.
+    The grammar is the one ``models.NetworkSpec.name`` writes. The family is kept for
+    plain/resnet/preact names (so ``configs/imagenet.py:resnet-50`` stays an ImageNet net);
+    ``wrn`` sets the WRN family.
     """
     parts = net.split("-")
-    if parts[0] == "wrn" and len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+    plain_wrn = parts[:2] == ["plain", "wrn"]
+    wrn = parts[1:] if plain_wrn else parts
+    if wrn[0] == "wrn" and len(wrn) == 3 and wrn[1].isdigit() and wrn[2].isdigit():
         config.model.family = "wrn"
-        config.model.plain = False
-        config.model.depth, config.model.width_factor = int(parts[1]), int(parts[2])
+        config.model.plain = plain_wrn
+        config.model.depth, config.model.width_factor = int(wrn[1]), int(wrn[2])
         return
     kind, depth = "-".join(parts[:-1]), parts[-1]
     kinds = {"plain": (True, False), "resnet": (False, False), "preact": (False, True),

@@ -78,10 +78,25 @@ class NetworkSpec:
 
     @property
     def name(self) -> str:
+        """The network's name, in the grammar ``configs.default.apply_network_name`` parses.
+
+        ``plain-20``, ``resnet-56``, ``preact-164``, ``plain-preact-110``, ``wrn-28-10``.
+        """
+        plain = "plain-" if self.plain else ""
         if self.family == "wrn":
-            return f"{'plain-' if self.plain else ''}wrn-{self.depth}-{self.width_factor}"
-        kind = "plain" if self.plain else "resnet"
-        return f"preact-{kind}-{self.depth}" if self.preact else f"{kind}-{self.depth}"
+            return f"{plain}wrn-{self.depth}-{self.width_factor}"
+        if self.preact:
+            return f"{plain}preact-{self.depth}"
+        return f"plain-{self.depth}" if self.plain else f"resnet-{self.depth}"
+
+    @property
+    def label(self) -> str:
+        """The network's display label (figures, tables): ``ResNet-56``, ``plain-20``,
+        ``pre-act ResNet-164``, ``pre-act plain-110``, ``WRN-28-10``, ``plain WRN-16-2``."""
+        if self.family == "wrn":
+            return f"{'plain ' if self.plain else ''}WRN-{self.depth}-{self.width_factor}"
+        kind = f"plain-{self.depth}" if self.plain else f"ResNet-{self.depth}"
+        return f"pre-act {kind}" if self.preact else kind
 
     @property
     def num_blocks(self) -> int:

@@ -1,4 +1,5 @@
-"""Tests of the study report on small synthetic run directories, and of its verdict logic."""
+"""Tests of the study report on small synthetic run directories, of its verdict logic, and of
+the network names and labels it shows."""
 
 import csv
 import json
@@ -9,7 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import models
+from configs import default
 from experiments import report
+from experiments.figures import plot_fit_gap, plot_step_losses
+from experiments.study import Row, build_rows, load_runs
+from experiments.verdicts import verdicts
 
 
 def make_run(study, name, *, depth, plain, train_errors, test_errors, seed=0, status="finished",
@@ -93,34 +99,35 @@ def test_report_writes_figures_tables_and_verdicts(study):
 
 
 def row(depth, plain, train, test=None, status="finished"):
-    r = report.Row(report._label(plain, depth), "cifar10", depth, plain, "")
+    label = models.spec_from_config({"depth": depth, "plain": plain}).label
+    r = Row(label, "cifar10", depth, plain, "")
     r.train_error, r.test_error, r.status = train, test, status
     return r
 
 
 def test_verdicts_detect_degradation_only_when_the_deeper_plain_net_trains_worse():
-    worse = report.verdicts([row(20, True, 1.0), row(56, True, 12.0)])
+    worse = verdicts([row(20, True, 1.0), row(56, True, 12.0)])
     assert worse == ["Degradation: plain-56 ends with a higher training error than plain-20 "
                      "(12.0% vs 1.0%)."]
-    within = report.verdicts([row(20, True, 1.0), row(56, True, 1.3)])
+    within = verdicts([row(20, True, 1.0), row(56, True, 1.3)])
     assert within[0].startswith("No degradation: plain-56 trains as well as plain-20")
-    better = report.verdicts([row(20, True, 1.0), row(56, True, 0.2)])
+    better = verdicts([row(20, True, 1.0), row(56, True, 0.2)])
     assert better[0].startswith("No degradation")
 
 
 def test_verdicts_on_residual_nets_and_plain_vs_residual():
-    lines = report.verdicts([row(20, False, 1.0), row(56, False, 3.0),
+    lines = verdicts([row(20, False, 1.0), row(56, False, 3.0),
                              row(56, True, 20.0, 25.0), row(56, False, 3.0, 7.0)][:3])
     assert "Residual nets: ResNet-56 trains worse than ResNet-20 (3.0% vs 1.0% training " \
            "error)." in lines
     assert "At depth 56 the residual net beats the plain net: train 3.0% vs 20.0%." in lines
-    same = report.verdicts([row(20, True, 1.0, 8.0), row(20, False, 1.2, 7.0)])
+    same = verdicts([row(20, True, 1.0, 8.0), row(20, False, 1.2, 7.0)])
     assert same == ["At depth 20 the residual net matches the plain net: train 1.2% vs 1.0%, "
                     "test 7.0% vs 8.0%."]
 
 
 def test_a_diverged_net_counts_as_failing_to_train():
-    lines = report.verdicts([row(20, True, 1.0), row(110, True, None,
+    lines = verdicts([row(20, True, 1.0), row(110, True, None,
                                                      status="diverged at step 5")])
     assert lines[0] == "plain-110 failed to train (diverged at step 5)."
     assert lines[1].startswith("Degradation: plain-110") and "100.0% vs 1.0%" in lines[1]
@@ -148,8 +155,8 @@ def test_diagnostics_plot_what_the_metrics_say(tmp_path):
              val_errors=[0.45, 0.15])
     make_run(s, "p20", depth=20, plain=True, train_errors=[0.5, 0.2, 0.1],
              test_errors=[None, 0.3, 0.2])  # logged before per-step losses existed
-    rows = report.build_rows(report.load_runs(str(s)))
-    paths, plotted = report.plot_step_losses(rows, str(tmp_path / "loss"))
+    rows = build_rows(load_runs(str(s)))
+    paths, plotted = plot_step_losses(rows, str(tmp_path / "loss"))
     assert [p.rsplit(".", 1)[1] for p in paths] == ["png", "svg"]
     res = plotted["ResNet-20"]
     # Three steps per log line end at steps 100 and 200; seeds averaged step by step.
@@ -166,7 +173,7 @@ def test_diagnostics_plot_what_the_metrics_say(tmp_path):
     assert old["steps"] == [] and old["interval_mean"] == [1.0, 1.0, 1.0]
     assert old["interval_std"] == [0.0, 0.0, 0.0] and old["interval_max"] == [1.0, 1.0, 1.0]
 
-    _, gaps = report.plot_fit_gap(rows, str(tmp_path / "gap"))
+    _, gaps = plot_fit_gap(rows, str(tmp_path / "gap"))
     res = gaps["ResNet-20"]  # both runs have a validation split: val, not test
     assert res["heldout_name"] == "val" and res["steps"] == [100, 200]
     np.testing.assert_allclose(res["train"], [40.0, 10.0])
@@ -175,3 +182,26 @@ def test_diagnostics_plot_what_the_metrics_say(tmp_path):
     assert plain["heldout_name"] == "test" and plain["steps"] == [200, 300]
     np.testing.assert_allclose(plain["train"], [20.0, 10.0])
     np.testing.assert_allclose(plain["heldout"], [30.0, 20.0])
+
+
+NAMES = ["plain-20", "resnet-56", "preact-164", "plain-preact-110", "wrn-28-10", "wrn-40-4",
+         "plain-wrn-16-2"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_network_name_parses_into_the_config_of_the_network_of_that_name(name):
+    config = default.get_config()
+    default.apply_network_name(config, name)
+    assert models.spec_from_config(config.model).name == name
+
+
+def test_report_labels_are_the_specs_labels():
+    labels = {}
+    for name in NAMES:
+        config = default.get_config()
+        default.apply_network_name(config, name)
+        labels[name] = models.spec_from_config(config.model).label
+    assert labels == {"plain-20": "plain-20", "resnet-56": "ResNet-56",
+                      "preact-164": "pre-act ResNet-164", "plain-preact-110": "pre-act plain-110",
+                      "wrn-28-10": "WRN-28-10", "wrn-40-4": "WRN-40-4",
+                      "plain-wrn-16-2": "plain WRN-16-2"}

@@ -303,7 +303,8 @@ def _fake_run(study, name, test_error, train_error=0.01, **model):
 
 
 def test_report_labels_follow_the_architecture_and_rank_nets_of_one_depth(tmp_path):
-    from experiments import report
+    from experiments.study import build_rows, load_runs
+    from experiments.verdicts import verdicts
 
     study = tmp_path / "study"
     _fake_run(study, "r164", 0.060, depth=164)
@@ -313,13 +314,13 @@ def test_report_labels_follow_the_architecture_and_rank_nets_of_one_depth(tmp_pa
     _fake_run(study, "p18", 0.080, train_error=0.05, depth=18, plain=True, family="imagenet",
               stem="cifar")
     _fake_run(study, "zeros", 0.9, train_error=0.89, depth=20, plain=True, init="zeros")
-    rows = {r.label: r for r in report.build_rows(report.load_runs(str(study)))}
+    rows = {r.label: r for r in build_rows(load_runs(str(study)))}
     assert set(rows) == {"ResNet-164", "pre-act ResNet-164", "ResNet-164 + stoch. depth",
                          "ResNet-18", "plain-18", "plain-20"}
     assert rows["pre-act ResNet-164"].paper_error == 5.46  # He et al. 2016, Table 3
     assert rows["ResNet-164"].paper_error == 5.93
     assert rows["ResNet-18"].paper_error is None  # not a published net on CIFAR-10
-    found = report.verdicts(list(rows.values()))
+    found = verdicts(list(rows.values()))
     assert ("Depth 164 (residual), by final test error: pre-act ResNet-164 5.5%, "
             "ResNet-164 + stoch. depth 5.8%, ResNet-164 6.0%.") in found
     assert "plain-20 fails to learn: final training error 89.0% (chance: 90.0%)." in found

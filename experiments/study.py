@@ -1,0 +1,173 @@
+"""A study's run directories, loaded and pooled over seeds into one row per network.
+
+``load_runs`` reads every run directory under a study (config.json,
+metrics.jsonl, summary.json, layer_responses.json; JSON, never pickle);
+``build_rows`` groups the runs that differ only in their seed into a ``Row``
+(label, mean +- std of the final errors, the paper's number, status). The
+verdicts, figures and tables of ``experiments.report`` are computed from these.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import models
+from experiments import paper
+from training.run_dir import MetricsLog, flatten, read_json
+
+IGNORED_KEYS = ("seed",)
+# Keys that the row label already names (the architecture), never listed as a variant.
+ARCH_KEYS = ("model.depth", "model.plain", "model.family", "model.preact", "model.width_factor",
+             "model.stochastic_depth", "model.block", "model.stem")
+
+
+@dataclass
+class Run:
+    path: str
+    config: dict
+    metrics: list[dict]
+    summary: dict | None
+    responses: list[float] | None
+
+    @property
+    def status(self) -> str:
+        return (self.summary or {}).get("status", "unfinished")
+
+
+@dataclass
+class Row:
+    """One network of the study (several seeds pooled)."""
+
+    label: str
+    dataset: str
+    depth: int
+    plain: bool
+    variant: str  # the other config keys that distinguish it ('' if none)
+    runs: list[Run] = field(default_factory=list)
+    params: int | None = None
+    train_error: float | None = None  # %, mean over seeds
+    train_error_std: float | None = None
+    test_error: float | None = None
+    test_error_std: float | None = None
+    best_test_error: float | None = None
+    paper_error: float | None = None
+    status: str = ""
+    arch: str = ""  # the architecture besides depth and shortcuts ('' = the paper's nets)
+
+
+def _pct(v) -> float | None:
+    return None if v is None or not math.isfinite(v) else 100.0 * v
+
+
+def load_runs(study_dir: str) -> list[Run]:
+    """Every directory under ``study_dir`` holding a config.json."""
+    if not os.path.isdir(study_dir):
+        raise ValueError(f"study directory {study_dir} does not exist")
+    runs = []
+    for root, dirs, files in os.walk(study_dir):
+        dirs[:] = sorted(d for d in dirs if d != "checkpoints")
+        if "config.json" not in files:
+            continue
+        metrics = MetricsLog(root, False).read()
+        summary = responses = None
+        if "summary.json" in files:
+            summary = read_json(os.path.join(root, "summary.json"))
+        if "layer_responses.json" in files:
+            blocks = read_json(os.path.join(root, "layer_responses.json"))["blocks"]
+            responses = [b["std"] for b in blocks]
+        runs.append(Run(root, read_json(os.path.join(root, "config.json")), metrics,
+                        summary, responses))
+    if not runs:
+        raise ValueError(f"no run directories (with config.json) under {study_dir}")
+    return runs
+
+
+def network_label(model: dict) -> tuple[str, str]:
+    """(row label, architecture) of a run's ``config['model']``.
+
+    The label is the network's own (``NetworkSpec.label``: ``pre-act ResNet-164``,
+    ``WRN-28-10``), plus `` + stoch. depth`` where the config drops branches at
+    random (a training option, not part of the architecture spec).
+    """
+    spec = models.spec_from_config(model)
+    label = spec.label
+    # The architecture besides depth and shortcuts (WRNs are always pre-activation).
+    arch = "pre-act" if spec.preact else ""
+    if spec.family == "wrn":
+        arch = f"WRN-k{spec.width_factor}"
+    if model.get("stochastic_depth"):
+        arch = f"{arch} + stoch. depth".strip(" +")
+        label += " + stoch. depth"
+    return label, arch
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def build_rows(runs: list[Run]) -> list[Row]:
+    """Groups runs that differ only in their seed into one row each.
+
+    A config key is listed as a row's variant only where it tells apart runs of
+    the same network: keys that follow from the network (a recipe for depth
+    110, the ImageNet family of the 18/34-layer nets of a CIFAR study) do not.
+    """
+    flat = [flatten(r.config) for r in runs]
+    names = [(f.get("dataset"), *network_label(r.config["model"]))
+             for r, f in zip(runs, flat, strict=True)]
+    keys = sorted(set().union(*flat))
+    # A key missing from some runs (written by an older version) is not a variant.
+    varying = [k for k in keys if k not in (*ARCH_KEYS, *IGNORED_KEYS)
+               and all(k in f for f in flat) and any(
+        len({json.dumps(f.get(k)) for f, n in zip(flat, names, strict=True) if n == name}) > 1
+        for name in set(names))]
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run, f, (dataset, label, arch) in zip(runs, flat, names, strict=True):
+        variant = ",".join(f"{k.split('.')[-1]}={f.get(k)}" for k in varying)
+        groups[(dataset, bool(f["model.plain"]), int(f["model.depth"]), label, arch,
+                variant)].append(run)
+    rows = []
+    for (dataset, plain, depth, label, arch, variant), members in groups.items():
+        row = Row(label + (f" ({variant})" if variant else ""), dataset, depth, plain, variant,
+                  members, arch=arch)
+        finished = [r for r in members if r.summary and r.summary.get("final_train_error")
+                    is not None]
+        row.params = next((r.summary.get("params") for r in members
+                           if r.summary and r.summary.get("params")), None)
+        row.train_error, row.train_error_std = _mean_std(
+            [_pct(r.summary["final_train_error"]) for r in finished])
+        row.test_error, row.test_error_std = _mean_std(
+            [_pct(r.summary.get("final_test_error")) for r in finished])
+        bests = [_pct(r.summary.get("best_test_error")) for r in finished]
+        bests = [b for b in bests if b is not None]
+        row.best_test_error = min(bests) if bests else None
+        model_keys = {k.removeprefix("model."): v
+                      for k, v in flatten(members[0].config).items()
+                      if k.startswith("model.")}
+        row.paper_error = paper.published_test_error(dataset, model_keys)
+        row.status = _status_text(members)
+        rows.append(row)
+    rows.sort(key=lambda r: (r.variant, r.arch, not r.plain, r.depth))
+    return rows
+
+
+def _status_text(members: list[Run]) -> str:
+    parts = []
+    for status in ("finished", "diverged", "failed", "unfinished"):
+        hit = [r for r in members if r.status == status]
+        if not hit:
+            continue
+        text = status
+        if status == "diverged":
+            steps = [str(r.summary.get("diverged_at_step")) for r in hit]
+            text = f"diverged at step {', '.join(steps)}"
+        parts.append(text if len(members) == 1 else f"{len(hit)} {text}")
+    return "; ".join(parts)
