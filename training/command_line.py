@@ -1,42 +1,59 @@
-"""Loads ``configs/FILE.py[:ARG]`` and applies ``--config.key=value`` overrides.
+"""The command line of ``train.py`` and the launchers: config files and their overrides.
 
-The same semantics as ``ml_collections.config_flags``: the file's
-``get_config(arg)`` builds a locked ConfigDict, and each override is parsed
-with the type of the field it replaces, so a mistyped key or a value of the
-wrong type is an error that names it. Shared by ``train.py`` and the sweep
-launcher, which must validate every run's config before starting any.
+``load_config("configs/FILE.py:ARG", {"model.depth": "56"})`` is
+``ml_collections.config_flags``: ``DEFINE_config_file`` on a fresh absl
+``FlagValues`` loads the file, calls its ``get_config(ARG)``, locks the result
+and defines one flag per override key, typed like the field it replaces, so a
+mistyped key or a value of the wrong type is an error. On top of it:
+``none``/``None``/``null`` set any field to None (placeholders included),
+booleans also take ``yes``/``no``, and every failure is a one-line
+``ValueError`` that names the file, key or value. The sweep launcher loads
+every run's config through here to validate a study before starting any run.
+
+Config files do ``from configs import ...``: the repository root must be
+importable, as it is whenever ``training`` is (``python train.py`` and
+``python -m ...`` from the root, or ``python /abs/path/train.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import importlib.util
 import inspect
 import os
 import sys
+import warnings
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
-import ml_collections
+from absl import flags
+from ml_collections import ConfigDict, config_flags
+from ml_collections.config_flags import config_path, tuple_parser
 
 from training.exits import EXIT_BAD_INPUT
 
+NONE_WORDS = ("None", "none", "null")  # an override with one of these sets the field to None
+BOOLEAN_WORDS = {"yes": "true", "no": "false"}  # besides absl's true/false, t/f, 1/0
+# config_flags imports the file as this module (flag name + "_config"), reusing the module
+# object of the previous file if one is left in sys.modules.
+_CONFIG_MODULE = "config_config"
+# Messages under which config_flags re-raises an error of the config file.
+_WRAPPED = ("Error whilst parsing config file",
+            "Configuration is not available because of an earlier failure")
+
 
 def split_config_arg(path_with_arg: str) -> tuple[str, str | None]:
-    """'configs/x.py:resnet-56' -> ('configs/x.py', 'resnet-56')."""
+    """'configs/x.py:resnet-56' -> ('configs/x.py', 'resnet-56'); no ':' -> (path, None)."""
     path, sep, arg = path_with_arg.partition(":")
     return path, (arg if sep else None)
 
 
 def load_module(path: str) -> ModuleType:
-    """Imports a config file by path (the repo root is importable, for ``from configs ...``)."""
+    """Imports a config file by path (for its optional ``sweep(add, arg)`` function)."""
     if not os.path.isfile(path):
         raise ValueError(f"config file {path!r} does not exist")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
     name = "_config_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -45,13 +62,13 @@ def load_module(path: str) -> ModuleType:
     except ValueError:
         raise
     except Exception as e:  # noqa: BLE001 - a broken config file is bad input
-        raise ValueError(f"config file {path} failed to load: {type(e).__name__}: {e}") from e
+        raise ValueError(f"config file {path} failed to load: {_describe(e)}") from e
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path} has no get_config(arg) function")
     return module
 
 
-def call_with_arg(fn, arg: str | None, *args) -> Any:
+def call_with_arg(fn: Callable[..., Any], arg: str | None, *args: Any) -> Any:
     """Calls ``fn(*args)`` or ``fn(*args, arg)``, leaving the file's default when no arg."""
     params = inspect.signature(fn).parameters
     if arg is None:
@@ -61,66 +78,111 @@ def call_with_arg(fn, arg: str | None, *args) -> Any:
     return fn(*args, arg)
 
 
-def parse_value(text: str, current: Any, kind: type | None) -> Any:
-    """Parses a command-line value with the type of the field it overrides."""
-    if text in ("None", "none", "null") and (current is None or kind is not None):
-        return None
-    if kind is bool:
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"expected true or false, got {text!r}")
-    if kind is int:
-        return int(text)
-    if kind is float:
-        return float(text)
-    if kind is str:
-        return text
-    if kind in (tuple, list):
-        value = ast.literal_eval(text)
-        if isinstance(value, int | float | str):
-            value = (value,)
-        return kind(value)
-    return ast.literal_eval(text)
+def load_config(path_with_arg: str, overrides: dict[str, str] | None = None) -> ConfigDict:
+    """``configs/x.py:ARG`` + ``{'model.depth': '56', ...}`` -> the final, locked ConfigDict.
 
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
-    """Sets dotted keys from strings, typed like the existing fields; unknown keys are errors."""
+    Keys are dotted, without the ``config.`` prefix; values are command-line strings.
+    Raises a one-line ValueError for a missing or broken file, an unknown key or a bad value.
+    """
+    overrides = dict(overrides or {})
+    fv = _load(path_with_arg, overrides)
+    config = fv["config"].value
     for key, text in overrides.items():
-        node = config
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-                raise ValueError(f"unknown config key {key!r}")
-            node = node[part]
-        leaf = parts[-1]
-        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            raise ValueError(f"unknown config key {key!r}")
-        ref = node.get_ref(leaf)
+        if text in NONE_WORDS:  # its flag is defined all the same: the key exists
+            config_path.set_value(key, config, None)
+            continue
         try:
-            value = parse_value(text, ref.get(), ref.get_type())
-            with node.ignore_type() if value is None else contextlib.nullcontext():
-                node[leaf] = value
-        except (ValueError, TypeError, SyntaxError) as e:
-            raise ValueError(f"bad value {text!r} for config key {key!r}: {e}") from e
-
-
-def load_config(path_with_arg: str, overrides: dict[str, str] | None = None):
-    """``configs/x.py:ARG`` + overrides -> the final, locked ConfigDict."""
-    path, arg = split_config_arg(path_with_arg)
-    module = load_module(path)
-    try:
-        config = call_with_arg(module.get_config, arg)
-    except ValueError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"get_config({arg!r}) in {path} failed: {type(e).__name__}: {e}") from e
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ValueError(f"get_config in {path} must return an ml_collections.ConfigDict")
-    apply_overrides(config, overrides or {})
-    config.lock()
+            _parse_override(fv[f"config.{key}"], text)
+        except (flags.Error, ValueError, TypeError) as e:
+            raise ValueError(f"bad value {text!r} for config key {key!r}: "
+                             f"{_describe(e, with_type=False)}") from None
     return config
+
+
+def _parse_override(flag: flags.Flag, text: str) -> None:
+    """Parses ``text`` with the field's type (config_flags' parser) and sets the field."""
+    if isinstance(flag.parser, flags.BooleanParser):
+        word = BOOLEAN_WORDS.get(text.lower(), text)
+        try:
+            flag.parser.parse(word)
+        except ValueError:
+            raise ValueError(f"expected true or false, got {text!r}") from None
+        text = word
+    if isinstance(flag.parser, tuple_parser.TupleParser):
+        try:  # TupleParser would make a bare word (a typo for a number) the tuple ('word',)
+            ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError("expected a tuple such as (1, 2) or a single value") from None
+    flag.parse(text)
+
+
+def _parse_config_flag(path_with_arg: str, keys: Iterable[str]) -> flags.FlagValues:
+    """``--config FILE[:ARG]`` through config_flags, with a typed flag defined per key."""
+    argv = ["load_config", "--config", path_with_arg]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True,
+                                    sys_argv=[*argv, *(f"--config.{key}" for key in keys)])
+    sys.modules.pop(_CONFIG_MODULE, None)  # no names left over from another config file
+    with warnings.catch_warnings():  # config_flags imports the file with load_module()
+        warnings.filterwarnings("ignore", "the load_module", DeprecationWarning)
+        fv(argv)
+    return fv
+
+
+def _load(path_with_arg: str, keys: Iterable[str]) -> flags.FlagValues:
+    """The flags of the file's locked config and of ``keys``; every failure one line.
+
+    config_flags reports a broken file or an unknown key in its own ways (a
+    traceback inside the message, a bare KeyError, a stand-in config that
+    raises an OSError when used). When it fails, the file alone and then each
+    key are tried, to name the one at fault.
+    """
+    keys = list(keys)
+    path, arg = split_config_arg(path_with_arg)
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    error = None
+    try:
+        fv = _parse_config_flag(path_with_arg, keys)
+    except Exception as e:  # noqa: BLE001 - explained below
+        error = e
+    else:
+        if isinstance(fv["config"].value, ConfigDict):
+            return fv
+        try:  # the stand-in for a file that raised an OSError raises it on use
+            getattr(fv["config"].value, "lock", None)
+        except OSError as e:
+            error = e
+    if keys:
+        config = _load(path_with_arg, ())["config"].value  # raises if the file is at fault
+        for key in keys:
+            if not _has_key(config, key):
+                raise ValueError(f"unknown config key {key!r}")
+        raise ValueError(f"cannot override {', '.join(map(repr, keys))}: {_describe(error)}")
+    load_module(path)  # says so if the file does not import or has no get_config
+    if error is None:
+        raise ValueError(f"get_config in {path} must return an ml_collections.ConfigDict")
+    raise ValueError(f"get_config({arg!r}) in {path} failed: {_describe(error)}")
+
+
+def _has_key(config: ConfigDict, key: str) -> bool:
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _describe(error: BaseException, with_type: bool = True) -> str:
+    """'ValueError: message' of the error the config file raised, on one line."""
+    while isinstance(error, flags.Error) or str(error).startswith(_WRAPPED):
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
+    text = " ".join(str(error).split()) or "(no message)"
+    return f"{type(error).__name__}: {text}" if with_type else text
 
 
 def parse_overrides(extra: list[str]) -> dict[str, str]:
