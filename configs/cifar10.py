@@ -30,7 +30,7 @@ def get_config(arg: str | None = "resnet-20") -> ml_collections.ConfigDict:
         c.schedule.warmup_until_error = 0.8
     if c.model.depth >= 1000:
         # ResNet-1202 keeps every block's activations otherwise: recomputing them
-        # in the backward pass took its CPU step from 28 s to 19.5 s (batch 128).
+        # in the backward pass saves memory and, on CPU, time (BENCHMARKS.md).
         c.model.remat_blocks = True
     c.lock()
     return c

@@ -85,7 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.bn_momentum = 0.9  # running = m * running + (1 - m) * batch
     # How the blocks run (the results are the same; the checkpoint layout is not):
     # each stage's identical blocks stacked and run by one compiled body
-    # (nnx.scan), so compile time does not grow with depth (ResNet-1202: 7 s);
+    # (nnx.scan), so compile time does not grow with depth (ResNet-1202 included);
     # and per-block recomputation of activations in the backward pass (memory).
     c.model.scan_blocks = True
     # Blocks per scan iteration: 'auto' (1 on CPU, the whole stage on GPU/TPU),

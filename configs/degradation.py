@@ -4,7 +4,7 @@ Each study is a base config (``get_config(arg)``) plus the list of runs
 (``sweep(add, arg)``, one ``add(**overrides)`` per run):
 
 - ``digits`` (default; embedded data, no download): plain and residual 20 and
-  56, the paper's Fig. 1 pair. About 5 minutes on a 2-core CPU. Expect
+  56, the paper's Fig. 1 pair (README.md says how long it takes). Expect
   plain-56 to end with a much higher training error than plain-20, and
   ResNet-56 to train as well as ResNet-20.
 - ``digits-full``: plain and residual 20/32/44/56/110 on digits.

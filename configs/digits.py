@@ -6,7 +6,7 @@ The recipe is the paper's, shortened: batch 128, SGD 0.9, LR 0.1 divided by
 10 at 50% and 75% of 600 steps (~53 epochs), no flips (digits are not
 mirror-symmetric) and no crops.
 
-Run (about a minute on a 2-core CPU):
+Run (README.md says how long it takes):
     python train.py --config configs/digits.py:resnet-20 --workdir runs/digits-resnet-20
 Expect a test error below 5% for resnet-20 and plain-20 alike; plain-56 ends
 with a much higher training error than plain-20 (the degradation problem).

@@ -1,6 +1,6 @@
 """Demonstration studies of the knobs beyond the paper's recipe, on the embedded digits.
 
-- ``init`` (default; about 2 minutes on a 2-core CPU): a plain-20 net
+- ``init`` (default): a plain-20 net
   initialised with zeros, small Gaussians (std 0.01), Xavier (sqrt(1/n)) and He
   (sqrt(2/n), the paper's). Expect zeros to fail to learn (every unit of a
   layer stays identical and no kernel gets a gradient: training error near

@@ -2,7 +2,7 @@
 
 Studies (``python -m experiments.sweep configs/variants.py:STUDY --workdir DIR``):
 
-- ``digits`` (default; embedded data, a few minutes on a 2-core CPU): at depth
+- ``digits`` (default; embedded data): at depth
   56, the original ResNet (He et al. 2015), the pre-activation ResNet (He et
   al. 2016, option A shortcuts as the original) and the original ResNet with
   stochastic depth (Huang et al. 2016, survival 0.5 at the last block), with

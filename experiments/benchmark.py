@@ -113,7 +113,7 @@ def conv_bound_ms(state: steps.TrainState, x, repeats: int) -> float:
     use it. Timed one at a time, each has the machine to itself: the sum is a
     floor under the step, tighter than one program holding all of them, where
     XLA:CPU runs independent convolutions side by side and they compete for
-    the cores and caches (ResNet-20 here: 214 ms as one program, 157 ms summed).
+    the cores and caches.
     """
     total = 0.0
     for i, (lhs, rhs, eqn_params, count) in enumerate(

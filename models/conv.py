@@ -4,8 +4,8 @@ Why: inside a loop (``lax.scan`` over layers, ``fori_loop`` over steps),
 XLA:CPU does not rewrite the backward convolutions that ``jax.grad`` produces
 (kernel gradient ``f01b_i01o->01bf``, input gradient ``b01f_01oi->b01f``) into
 the NHWC/HWIO form its fast (Eigen) kernels implement, and runs them with a
-generic loop instead: a scanned ResNet-56 training step took 41 s instead of
-1.7 s on the 2-core CPU. Outside loops XLA does this rewrite itself. This
+generic loop instead, more than ten times slower (BENCHMARKS.md has the
+figures). Outside loops XLA does this rewrite itself. This
 function states the rewrite explicitly, as a ``custom_vjp``:
 
 - input gradient: the output gradient, dilated by the stride, correlated with
@@ -21,13 +21,12 @@ padding, no dilation, one group); anything else goes to XLA unchanged.
 
 The kernel gradient needs the input with its batch innermost, (C, H, W, N).
 XLA:CPU runs a transpose inside a program as a plain loop over the output, so
-NHWC -> CHWN reads with a stride of a whole image (64 KiB at 32x32x16) and
-costs ~3 ms at batch 128, where NHWC -> HWNC and HWNC -> CHWN, whose reads stay
-within a few KiB, cost ~1 ms each. The forward pass therefore saves the input
-as (H, W, N, C). In a scanned stage the saved input is materialised (the scan
-stacks it), so the two halves run as two cheap loops: 47 -> 30 ms of
-transposes in a ResNet-20 training step on the 2-core CPU. Outside a scan XLA
-fuses them back into one transpose, which costs what it did before.
+NHWC -> CHWN reads with a stride of a whole image (64 KiB at 32x32x16), where
+NHWC -> HWNC and HWNC -> CHWN read within a few KiB and together cost less.
+The forward pass therefore saves the input as (H, W, N, C). In a scanned
+stage the saved input is materialised (the scan stacks it), so the two halves
+run as two cheap loops (BENCHMARKS.md). Outside a scan XLA fuses them back
+into one transpose, which costs what it did before.
 """
 
 from __future__ import annotations

@@ -247,8 +247,8 @@ def make_block(
 
 
 # 'auto' unrolls a scanned stage on GPU/TPU only up to this many repeated blocks:
-# ResNet-110's 17 compile in ~14 s on an H100; ResNet-1202's 199 did not compile
-# in 4 minutes, and unrolling them by 8 was no faster than the loop (206 vs 209 ms).
+# ResNet-110's 17 compile in seconds, ResNet-1202's 199 did not compile in minutes
+# and unrolling them by 8 was no faster than the loop (BENCHMARKS.md).
 AUTO_UNROLL_MAX_BLOCKS = 32
 
 
@@ -256,11 +256,10 @@ def resolve_scan_unroll(setting: str | int | bool, num_repeated: int,
                         backend: str | None = None) -> int | bool:
     """``lax.scan``'s ``unroll`` for a stage of ``num_repeated`` scanned blocks.
 
-    'auto': on CPU, 1 (the loop reuses its buffers and beats straight-line code:
-    ResNet-20 226 vs 272 ms per step on the 2-core CPU). On GPU/TPU, the whole
-    stage (True) up to ``AUTO_UNROLL_MAX_BLOCKS`` blocks: there a loop iteration
-    waits on the host and XLA cannot fuse across blocks, so ResNet-56 took
-    9.7 ms per step as a loop and 6.3 ms unrolled on an H100 (BENCHMARKS.md).
+    'auto': on CPU, 1 (the loop reuses its buffers and beats straight-line
+    code). On GPU/TPU, the whole stage (True) up to ``AUTO_UNROLL_MAX_BLOCKS``
+    blocks: there a loop iteration waits on the host and XLA cannot fuse across
+    blocks, so the unrolled stage is much faster (BENCHMARKS.md has both).
     Deeper stages stay loops, so compile time stays bounded.
     """
     if setting != "auto":

@@ -4,12 +4,9 @@ Why: on CPU, XLA (jaxlib 0.10) hands 2-D convolutions with more than 16
 channels to YNNPACK by default. For the shapes of the CIFAR ResNets, XLA's
 own (Eigen) convolutions are faster, and much faster for the kernel gradient
 (written as a convolution with the batch as its features, see
-``models/conv.py``). Measured on the 2-core development CPU, batch 128,
-kernel gradient / forward, YNNPACK vs Eigen: 16x16x32 5.4 / 2.4 ms vs
-2.4 / 1.7 ms; 8x8x64 4.0 / 2.5 ms vs 1.5 / 2.9 ms. A whole ResNet-20 training
-step goes from 280 to 220 ms, ResNet-56 from 845 to 665 ms (BENCHMARKS.md).
-So the CPU programs take convolutions out of XLA's YNNPACK fusion types and
-leave its other defaults alone. GPUs and TPUs get no options.
+``models/conv.py``), and so is the whole training step (BENCHMARKS.md has
+the per-shape and per-step figures). So the CPU programs take convolutions
+out of XLA's YNNPACK fusion types and leave its other defaults alone. GPUs and TPUs get no options.
 
 Set ``xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` to choose for
 yourself: then nothing is overridden here.
