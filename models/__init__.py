@@ -54,6 +54,7 @@ from models.resnet import (
     IMAGENET_STAGES,
     NetworkSpec,
     ResNet,
+    check_regularisers,
     cifar_spec,
     imagenet_spec,
     wrn_spec,
@@ -214,25 +215,18 @@ def survival_last_from_config(cfg: Mapping[str, Any] | Any) -> float:
         return 1.0
     if bool(_get(cfg, "plain", False)):
         raise ValueError("model.stochastic_depth drops residual branches; a plain net has none")
-    p = float(_get(cfg, "survival_last", 0.5))
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"model.survival_last must be in (0, 1], got {p}")
-    return p
+    return float(_get(cfg, "survival_last", 0.5))
 
 
 def head_dropout_from_config(cfg: Mapping[str, Any] | Any) -> float:
-    rate = float(_get(cfg, "head_dropout", 0.0))
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"model.head_dropout must be in [0, 1), got {rate}")
-    return rate
+    return float(_get(cfg, "head_dropout", 0.0))
 
 
 def validate_config(cfg: Mapping[str, Any] | Any) -> None:
     """Every check ``build_model`` makes, without building anything (one-line ValueError)."""
-    spec_from_config(cfg)
+    check_regularisers(spec_from_config(cfg), survival_last_from_config(cfg),
+                       head_dropout_from_config(cfg))
     layer_options_from_config(cfg)
-    survival_last_from_config(cfg)
-    head_dropout_from_config(cfg)
 
 
 def build_model(

@@ -361,6 +361,17 @@ class Stage(nnx.Module):
         return x, outputs, responses, activations
 
 
+def check_regularisers(spec: NetworkSpec, survival_last: float, head_dropout: float) -> None:
+    """The stochastic-depth and head-dropout settings a ``ResNet`` of ``spec`` accepts."""
+    if survival_last < 1.0 and spec.plain:
+        raise ValueError("stochastic depth drops residual branches; a plain net has none "
+                         "(set model.plain=False or model.survival_last=1.0)")
+    if not 0.0 < survival_last <= 1.0:
+        raise ValueError(f"model.survival_last must be in (0, 1], got {survival_last}")
+    if not 0.0 <= head_dropout < 1.0:
+        raise ValueError(f"model.head_dropout must be in [0, 1), got {head_dropout}")
+
+
 class ResNet(nnx.Module):
     """Stem, stages, (pre-activation nets: final BN-act), pool, (dropout), linear classifier.
 
@@ -376,13 +387,7 @@ class ResNet(nnx.Module):
     def __init__(self, spec: NetworkSpec, opts: LayerOptions, *, rngs: nnx.Rngs,
                  survival_last: float = 1.0, head_dropout: float = 0.0):
         spec.validate()
-        if survival_last < 1.0 and spec.plain:
-            raise ValueError("stochastic depth drops residual branches; a plain net has none "
-                             "(set model.plain=False or model.survival_last=1.0)")
-        if not 0.0 < survival_last <= 1.0:
-            raise ValueError(f"model.survival_last must be in (0, 1], got {survival_last}")
-        if not 0.0 <= head_dropout < 1.0:
-            raise ValueError(f"model.head_dropout must be in [0, 1), got {head_dropout}")
+        check_regularisers(spec, survival_last, head_dropout)
         self.spec = spec
         self.dtype = opts.dtype
         self.stem = Stem(spec, opts, rngs=rngs)
