@@ -22,7 +22,8 @@ class Checkpointer:
         path = os.path.abspath(os.path.join(os.fspath(workdir), "checkpoints"))
         self.manager = ocp.CheckpointManager(
             path,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=ocp.checkpoint_managers.LatestN(n=keep), create=True),
         )
 
     def latest_step(self) -> int | None:
