@@ -23,6 +23,7 @@ import sys
 from experiments.figures import plot_curves, plot_fit_gap, plot_responses, plot_step_losses
 from experiments.study import Row, build_rows, load_runs
 from experiments.verdicts import verdicts
+from training import command_line
 
 
 def _fmt(v: float | None, std: float | None = None) -> str:
@@ -105,13 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{usage}\n\n{__doc__}")
         return 0
     if len(argv) != 1 or argv[0].startswith("-"):
-        print(f"error: {usage}", file=sys.stderr)
-        return 2
+        return command_line.bad_input(usage)
     try:
         written = write_report(argv[0])
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return command_line.bad_input(e)
     print(render_text(written))
     return 0
 

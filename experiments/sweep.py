@@ -313,9 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             "runs": [{"name": r.name, "overrides": r.overrides, "command": r.command}
                      for r in runs]})
     except OSError as e:
-        print(f"error: cannot write the study directory {args.workdir}: {e.strerror}",
-              file=sys.stderr)
-        return 2
+        return command_line.bad_input(f"cannot write the study directory {args.workdir}: "
+                                      f"{e.strerror}")
     print(f"{len(runs)} runs in {args.workdir}", flush=True)
     launcher = Launcher(runs, args.workers)
     results = launcher.launch()

@@ -212,7 +212,7 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ValueError(message)
 
 
-def bad_input(error: Exception) -> int:
+def bad_input(error: Exception | str) -> int:
     """Prints the one ``error:`` line of bad input and returns its exit code."""
     print(f"error: {error}", file=sys.stderr)
     return EXIT_BAD_INPUT
