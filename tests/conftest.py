@@ -12,6 +12,8 @@ import os
 import sys
 import types
 
+import numpy as np
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
@@ -23,6 +25,10 @@ import jax  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)
 
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import models  # noqa: E402
 from data import feeds  # noqa: E402
 from data.device import replicate  # noqa: E402
 from training import command_line, dispatch, parallel, schedule, steps  # noqa: E402
@@ -80,3 +86,54 @@ def run_parts(config, data=None, num_train=None):
                                           total_steps=sched.total_steps, start_step=0,
                                           loop_on_device=config.loop_on_device)
     return types.SimpleNamespace(mesh=mesh, feed=feed, sched=sched, state=state, chunk=chunk)
+
+
+def unrolled_and_scanned(**cfg):
+    """Two models of one architecture, unrolled and scanned, holding the same weights."""
+    base = dict(family="cifar", depth=20, widths=(4, 8, 16), num_classes=3, in_channels=1)
+    base.update(cfg)
+    unrolled = models.build_model(base, seed=0)
+    scanned = models.build_model({**base, "scan_blocks": True}, seed=1)
+    for a, b in zip(unrolled.stages, scanned.stages, strict=True):
+        assert len(b.blocks) == 1 and b.num_blocks == len(a.blocks) == 3
+        nnx.update(b.blocks[0], nnx.state(a.blocks[0]))
+        rest = [nnx.state(block) for block in list(a.blocks)[1:]]
+        nnx.update(b.repeated, jax.tree.map(lambda *xs: jnp.stack(xs), *rest))
+    nnx.update(scanned.stem, nnx.state(unrolled.stem))
+    nnx.update(scanned.head, nnx.state(unrolled.head))
+    if unrolled.final is not None:
+        nnx.update(scanned.final, nnx.state(unrolled.final))
+    return unrolled, scanned
+
+
+def make_run(study, name, *, depth, plain, train_errors, test_errors, seed=0, status="finished",
+             diverged_at=None, params=1000, responses=None, step_losses=None, val_errors=None):
+    run = study / name
+    run.mkdir(parents=True)
+    config = {"dataset": "cifar10", "seed": seed,
+              "model": {"family": "cifar", "depth": depth, "plain": plain, "shortcut": None}}
+    (run / "config.json").write_text(json.dumps(config))
+    lines = []
+    for i, (tr, te) in enumerate(zip(train_errors, test_errors, strict=True)):
+        line = {"step": 100 * (i + 1), "train_error": tr, "train_loss": 1.0}
+        if step_losses is not None:
+            line["train_losses"] = step_losses[i]
+            line["train_loss"] = float(np.mean(step_losses[i]))
+        if te is not None:
+            line["test_error"] = te
+            if val_errors is not None:
+                line["val_error"] = val_errors[i]
+        lines.append(line)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if status is not None:
+        tests = [te for te in test_errors if te is not None]
+        summary = {"status": status, "params": params, "final_train_error": train_errors[-1],
+                   "final_test_error": tests[-1] if tests else None,
+                   "best_test_error": min(tests) if tests else None}
+        if status == "diverged":
+            summary.update(final_train_error=None, diverged_at_step=diverged_at)
+        (run / "summary.json").write_text(json.dumps(summary))
+    if responses:
+        blocks = [{"index": i, "stage": 0, "std": s} for i, s in enumerate(responses)]
+        (run / "layer_responses.json").write_text(json.dumps({"blocks": blocks}))
+    return run

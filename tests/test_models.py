@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import unrolled_and_scanned
 from flax import nnx
 
 import models
@@ -268,27 +269,9 @@ def test_canonical_conv_backward_has_only_nhwc_hwio_convolutions():
     assert all(e.params["dimension_numbers"] == dn for e in convs)
 
 
-def _unrolled_and_scanned(**cfg):
-    """Two models of one architecture, unrolled and scanned, holding the same weights."""
-    base = dict(family="cifar", depth=20, widths=(4, 8, 16), num_classes=3, in_channels=1)
-    base.update(cfg)
-    unrolled = models.build_model(base, seed=0)
-    scanned = models.build_model({**base, "scan_blocks": True}, seed=1)
-    for a, b in zip(unrolled.stages, scanned.stages, strict=True):
-        assert len(b.blocks) == 1 and b.num_blocks == len(a.blocks) == 3
-        nnx.update(b.blocks[0], nnx.state(a.blocks[0]))
-        rest = [nnx.state(block) for block in list(a.blocks)[1:]]
-        nnx.update(b.repeated, jax.tree.map(lambda *xs: jnp.stack(xs), *rest))
-    nnx.update(scanned.stem, nnx.state(unrolled.stem))
-    nnx.update(scanned.head, nnx.state(unrolled.head))
-    if unrolled.final is not None:
-        nnx.update(scanned.final, nnx.state(unrolled.final))
-    return unrolled, scanned
-
-
 @pytest.mark.parametrize("plain", [False, True])
 def test_a_scanned_network_computes_what_the_unrolled_one_does(plain):
-    unrolled, scanned = _unrolled_and_scanned(plain=plain)
+    unrolled, scanned = unrolled_and_scanned(plain=plain)
     x = jax.random.normal(jax.random.key(2), (6, 8, 8, 1))
 
     def loss(model, x):

@@ -2,13 +2,13 @@
 the network names and labels it shows."""
 
 import csv
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_run
 
 import models
 from configs import default
@@ -16,39 +16,6 @@ from experiments import report
 from experiments.figures import plot_fit_gap, plot_step_losses
 from experiments.study import Row, build_rows, load_runs
 from experiments.verdicts import verdicts
-
-
-def make_run(study, name, *, depth, plain, train_errors, test_errors, seed=0, status="finished",
-             diverged_at=None, params=1000, responses=None, step_losses=None, val_errors=None):
-    run = study / name
-    run.mkdir(parents=True)
-    config = {"dataset": "cifar10", "seed": seed,
-              "model": {"family": "cifar", "depth": depth, "plain": plain, "shortcut": None}}
-    (run / "config.json").write_text(json.dumps(config))
-    lines = []
-    for i, (tr, te) in enumerate(zip(train_errors, test_errors, strict=True)):
-        line = {"step": 100 * (i + 1), "train_error": tr, "train_loss": 1.0}
-        if step_losses is not None:
-            line["train_losses"] = step_losses[i]
-            line["train_loss"] = float(np.mean(step_losses[i]))
-        if te is not None:
-            line["test_error"] = te
-            if val_errors is not None:
-                line["val_error"] = val_errors[i]
-        lines.append(line)
-    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    if status is not None:
-        tests = [te for te in test_errors if te is not None]
-        summary = {"status": status, "params": params, "final_train_error": train_errors[-1],
-                   "final_test_error": tests[-1] if tests else None,
-                   "best_test_error": min(tests) if tests else None}
-        if status == "diverged":
-            summary.update(final_train_error=None, diverged_at_step=diverged_at)
-        (run / "summary.json").write_text(json.dumps(summary))
-    if responses:
-        blocks = [{"index": i, "stage": 0, "std": s} for i, s in enumerate(responses)]
-        (run / "layer_responses.json").write_text(json.dumps({"blocks": blocks}))
-    return run
 
 
 @pytest.fixture

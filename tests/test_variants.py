@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import make_run, unrolled_and_scanned
 from flax import nnx
 
 import models
 from models.activations import PRELU_INIT, RRELU_RANGE, Activation
 from models.resnet import survival_probabilities
 from models.summary import count_params
-from tests.test_models import _unrolled_and_scanned
 
 
 def abstract(**cfg):
@@ -110,7 +110,7 @@ def test_plain_preactivation_net_has_the_residual_nets_layers():
 @pytest.mark.parametrize("cfg", [dict(preact=True), dict(depth=29, block="bottleneck",
                                                          preact=True)])
 def test_scanned_preactivation_nets_compute_what_unrolled_ones_do(cfg):
-    unrolled, scanned = _unrolled_and_scanned(**cfg)
+    unrolled, scanned = unrolled_and_scanned(**cfg)
     for m in (unrolled, scanned):
         m.eval()
     x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
@@ -146,7 +146,7 @@ def test_stochastic_depth_keeps_or_drops_the_whole_branch_and_scales_it_at_test_
 
 
 def test_scanned_stochastic_depth_draws_what_the_unrolled_net_draws():
-    unrolled, scanned = _unrolled_and_scanned(stochastic_depth=True, survival_last=0.2)
+    unrolled, scanned = unrolled_and_scanned(stochastic_depth=True, survival_last=0.2)
     x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
     outs = [[np.asarray(m(x, rng=jax.random.key(k))) for k in range(4)]
             for m in (unrolled, scanned)]
@@ -293,7 +293,6 @@ def test_card_study_puts_imagenet_blocks_with_the_cifar_stem_beside_the_cifar_fa
 
 
 def _fake_run(study, name, test_error, train_error=0.01, **model):
-    from tests.test_report import make_run
 
     run = make_run(study, name, depth=model.pop("depth"), plain=model.pop("plain", False),
                    train_errors=[0.5, train_error], test_errors=[0.5, test_error])
