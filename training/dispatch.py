@@ -67,15 +67,11 @@ def make_train_chunk(feed: Any, step_fn: StepFn, *, log_every: int, total_steps:
     step. ``start_step`` seeds a streaming feed's shuffle; in-memory batches
     are pure functions of (seed, step) and do not need it.
     """
-    zeros = jit(lambda: zero_sums(log_every), out_shardings=replicated(feed.mesh))
-    if feed.arrays is None:
-        return _streamed_chunk(feed, step_fn, zeros, log_every, total_steps, start_step)
-
-    def one_step(state, arrays, sums):
-        state, metrics = step_fn(state, feed.train_batch(arrays, state.step))
+    def one_step(state, source, sums):
+        state, metrics = step_fn(state, feed.train_batch(source, state.step))
         return state, add_step(sums, metrics)
 
-    if loop_on_device:
+    if feed.arrays is not None and loop_on_device:
 
         def chunk(state, arrays):
             n = jnp.minimum(log_every - state.step % log_every, total_steps - state.step)
@@ -85,31 +81,16 @@ def make_train_chunk(feed: Any, step_fn: StepFn, *, log_every: int, total_steps:
         chunk_fn = jit(chunk, donate_argnums=0)
         return lambda state, step: chunk_fn(state, feed.arrays)
 
+    # One dispatch per step: the feed's device arrays, or the next batch of its stream.
+    next_source = (lambda: feed.arrays) if feed.arrays is not None else \
+        feed.train_stream(start_step).__next__
     step_jit = jit(one_step, donate_argnums=(0, 2))
+    zeros = jit(lambda: zero_sums(log_every), out_shardings=replicated(feed.mesh))
 
     def run(state, step):
         sums = zeros()
         for _ in range(steps_until_log(log_every, total_steps, step)):
-            state, sums = step_jit(state, feed.arrays, sums)
-        return state, sums
-
-    return run
-
-
-def _streamed_chunk(feed, step_fn: StepFn, zeros, log_every: int, total_steps: int,
-                    start_step: int) -> Callable:
-    stream = feed.train_stream(start_step)
-
-    def one_step(state, raw, sums):
-        state, metrics = step_fn(state, feed.train_batch(raw, state.step))
-        return state, add_step(sums, metrics)
-
-    step_jit = jit(one_step, donate_argnums=(0, 2))
-
-    def run(state, step):
-        sums = zeros()
-        for _ in range(steps_until_log(log_every, total_steps, step)):
-            state, sums = step_jit(state, next(stream), sums)
+            state, sums = step_jit(state, next_source(), sums)
         return state, sums
 
     return run
