@@ -48,12 +48,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.activations import ACTIVATIONS, RECTIFIERS
-from models.blocks import INIT_MODES, INITS, SHORTCUT_OPTIONS, LayerOptions
-from models.resnet import (
+from models.layers import INIT_MODES, INITS, LayerOptions
+from models.resnet import ResNet
+from models.shortcuts import SHORTCUT_OPTIONS
+from models.specs import (
     BLOCKS,
     IMAGENET_STAGES,
     NetworkSpec,
-    ResNet,
     check_regularisers,
     cifar_spec,
     imagenet_spec,

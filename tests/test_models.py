@@ -12,7 +12,7 @@ from conftest import unrolled_and_scanned
 from flax import nnx
 
 import models
-from models.blocks import IdentityShortcut
+from models.shortcuts import IdentityShortcut
 from models.summary import count_macs, count_params
 
 
