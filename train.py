@@ -89,13 +89,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if config.finetune.from_run is not None and not checkpoints.checkpoint_steps(workdir):
             finetune.source_step(config)  # a resumed fine-tuning run never reads it again
         run = run_dir.RunDir(workdir, is_writer=jax.process_index() == 0)
-        run.prepare(config.to_dict(), allow_config_change=allow_config_change)
+        run.prepare(config.to_dict(), allow_config_change=allow_config_change)  # and lock it
         # Input is validated; a ValueError from here on is a bug, not bad input, and
         # must not be reported as one (exit 2, "error: ...").
         try:
             return _train(config, workdir, mesh, feed, sched, run, stop)
         except ValueError as e:
             raise RuntimeError(f"internal error after the input was validated: {e}") from e
+        finally:
+            run.close()
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,

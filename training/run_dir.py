@@ -9,9 +9,11 @@ that every logged step appears exactly once.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from typing import Any
@@ -65,23 +67,42 @@ class MetricsLog:
         self.workdir, self.is_writer = workdir, is_writer
         self._tb = None
 
-    def read(self) -> list[dict]:
+    def read(self, *, warn: bool = False) -> list[dict]:
+        """Every readable line, in file order; unreadable ones are skipped.
+
+        A line is unreadable when it is not a JSON object with an integer
+        ``step`` (cut short by a kill, or damaged). ``warn`` prints one
+        ``warning:`` line naming them.
+        """
         if not os.path.exists(self.path):
             return []
-        lines = []
-        with open(self.path) as f:
-            for raw in f:
+        lines, bad = [], []
+        with open(self.path, errors="replace") as f:
+            for number, raw in enumerate(f, 1):
                 try:
-                    lines.append(json.loads(raw))
-                except json.JSONDecodeError:  # a line cut short by a kill
-                    break
+                    line = json.loads(raw)
+                except json.JSONDecodeError:
+                    line = None
+                if isinstance(line, dict) and type(line.get("step")) is int:
+                    lines.append(line)
+                elif raw.strip():
+                    bad.append(number)
+        if bad and warn:
+            print(f"warning: {self.path}: skipped {len(bad)} unreadable line(s) "
+                  f"(line {', '.join(map(str, bad))})", file=sys.stderr)
         return lines
 
     def truncate_after(self, step: int) -> None:
-        """Drops lines logged after ``step`` (the restored checkpoint), and any torn line."""
+        """Keeps the readable lines up to ``step`` (the restored checkpoint), each step once.
+
+        Lines after the checkpoint are dropped (a resumed run logs them again);
+        unreadable lines are dropped with a warning, and every readable line
+        before the checkpoint is kept, in step order (the last of a step logged twice).
+        """
         if not self.is_writer or not os.path.exists(self.path):
             return
-        keep = [line for line in self.read() if line["step"] <= step]
+        by_step = {line["step"]: line for line in self.read(warn=True) if line["step"] <= step}
+        keep = [by_step[s] for s in sorted(by_step)]
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(json.dumps(line) + "\n" for line in keep)
@@ -113,12 +134,21 @@ class MetricsLog:
 class RunDir:
     """A run directory: validated, created and described by config.json before training."""
 
+    LOCK = ".train.lock"
+
     def __init__(self, workdir: str, is_writer: bool = True):
         self.workdir, self.is_writer = workdir, is_writer
         self.metrics = MetricsLog(workdir, is_writer)
+        self._lock_fd: int | None = None
 
     def prepare(self, config: dict, *, allow_config_change: bool = False) -> None:
-        """Creates the directory, or checks that a resumed run has the same config."""
+        """Creates the directory, or checks that a resumed run has the same config.
+
+        The writing process then holds an exclusive OS lock on the directory
+        (``flock`` on ``.train.lock``) until ``close`` or its death, when the
+        kernel releases it: a second trainer on the same run stops at once
+        with a ValueError, having written nothing.
+        """
         path = os.path.join(self.workdir, "config.json")
         if os.path.exists(path):
             diffs = config_differences(read_json(path), config)
@@ -130,9 +160,29 @@ class RunDir:
         try:
             os.makedirs(self.workdir, exist_ok=True)
             if self.is_writer:
+                self._lock()
                 write_json_atomic(path, config)
         except OSError as e:
             raise ValueError(f"cannot write the run directory {self.workdir}: {e.strerror}") from e
+
+    def _lock(self) -> None:
+        fd = os.open(os.path.join(self.workdir, self.LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(f"run directory {self.workdir} is in use by process {holder}") \
+                from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Releases the directory's lock."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def write_json(self, name: str, obj: Any) -> None:
         if self.is_writer:
