@@ -186,6 +186,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
 
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit code (``training.exits``)."""
+    exits.die_with_parent()
     try:
         args = command_line.parse_train_args(sys.argv[1:] if argv is None else argv)
         config = command_line.load_config(args.config, args.overrides)

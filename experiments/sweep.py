@@ -9,7 +9,9 @@ subprocess on ``STUDY/<name>``, where the name is made of its swept values.
 Finished (and diverged) runs are skipped and interrupted ones resume, so
 re-running the same command after a crash finishes the study. A failing run
 does not stop the others. A lock file per run directory keeps two launchers
-from training the same run at once. The report is written at the end.
+from training the same run at once (and each trainer locks its run directory
+itself); trainers die with the launcher (``exits.die_with_parent``). The
+report is written at the end.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 import train
-from training import command_line
+from training import command_line, exits
 from training.run_dir import read_json, record_failure, write_json_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,7 +198,7 @@ class Launcher:
             return []
 
     def _env(self, slot: int) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, exits.PARENT_PID_ENV: str(os.getpid())}  # dies with the launcher
         if self.devices and self.workers > 1:
             env["CUDA_VISIBLE_DEVICES"] = self.devices[slot % len(self.devices)]
         return env
@@ -223,6 +225,8 @@ class Launcher:
                 return "diverged", last
             if proc.returncode in (130, 143, -2, -15):
                 return "interrupted", last
+            if proc.returncode == exits.EXIT_BAD_INPUT and "is in use by process" in last:
+                return "locked", last  # a trainer of an earlier launcher is still stopping
             if status is None:
                 record_failure(run.workdir, "failed", last or f"exit status {proc.returncode}",
                                name=run.name)

@@ -172,3 +172,44 @@ def test_real_sweep_runs_train_py_and_writes_the_report(tmp_path):
         assert summary["status"] == "finished" and summary["steps"] == 4
     assert (study / "results.md").exists() and (study / "curves.png").exists()
     assert "plain-8" in Path(study / "results.md").read_text()
+
+
+def _alive(pid):
+    """True while ``pid`` runs (a zombie waiting for a reaper counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_a_killed_launcher_leaves_no_orphan_and_a_rerun_resumes_its_run(tmp_path):
+    import signal
+    import time
+
+    from conftest import TINY, read_metrics
+
+    study = tmp_path / "study"
+    args = [*(f"--config.{k}={v}" for k, v in TINY.items()), "--config.num_steps=400",
+            "--config.checkpoint_every_steps=20", "--config.layer_responses=False"]
+    cmd = [sys.executable, "-m", "experiments.sweep", "configs/digits.py:resnet-14",
+           "--workdir", str(study), "--no-report", *args]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = study / "run" / ".train.lock"
+    deadline = time.time() + 120
+    while not (study / "run" / "metrics.jsonl").exists():
+        assert time.time() < deadline and launcher.poll() is None
+        time.sleep(0.1)
+    trainer = int(lock.read_text())
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.time() + 60
+    while _alive(trainer):  # the parent-death SIGTERM: checkpoint, then exit
+        assert time.time() < deadline, "the trainer outlived its launcher"
+        time.sleep(0.1)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "[finished] run" in out.stdout
+    steps = [m["step"] for m in read_metrics(study / "run")]
+    assert steps == list(range(5, 401, 5))  # every logged step once: no second trainer

@@ -9,7 +9,10 @@ checkpoint was saved.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 
 EXIT_BAD_INPUT = 2
@@ -17,6 +20,26 @@ EXIT_DIVERGED = 3
 EXIT_WRITE_FAILED = 4
 EXIT_PEER_FAILED = 5  # multi-process: a collective failed, another process probably died
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# Set by the sweep launcher to its own pid: its trainers must not outlive it.
+PARENT_PID_ENV = "RESNET_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """A SIGTERM when the launcher named by ``RESNET_PARENT_PID`` dies (Linux).
+
+    The kernel sends it (``prctl(PR_SET_PDEATHSIG)``) however the launcher
+    dies, ``kill -9`` included; the trainer then checkpoints and stops as for
+    any SIGTERM, so a rerun of the sweep resumes the run instead of training
+    it beside an orphan. A launcher already gone by now means the same.
+    Elsewhere, and outside a sweep, nothing happens.
+    """
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(parent):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _checkpoint_text(step: int | None) -> str:
