@@ -68,7 +68,6 @@ class InMemoryFeed:
         self.config, self.mesh = config, mesh
         data = datasets.load_in_memory(config) if data is None else data
         data = statistics.with_statistics(data, config)
-        self.data = data  # host copy: class counts, the ensemble's labels
         self.input_wait_s = 0.0  # no host input on the hot path, by construction
         self.num_train = len(data.train.labels)
         self.num_classes = data.num_classes
