@@ -53,16 +53,19 @@ def test_a_second_trainer_on_a_running_run_stops_at_once_and_writes_nothing(tmp_
     cmd = train_cmd(tmp_path, "--config.num_steps=400", "--config.checkpoint_every_steps=200")
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while not (tmp_path / "metrics.jsonl").exists():
+        def events():
+            return sorted(n for n in os.listdir(tmp_path) if n.startswith("events.out"))
+
+        while not ((tmp_path / "metrics.jsonl").exists() and events()):  # its first log line
             assert first.poll() is None, "the first trainer ended early"
             subprocess.run(["sleep", "0.1"], check=True)
-        events = sorted(n for n in os.listdir(tmp_path) if n.startswith("events.out"))
+        before = events()
         config = (tmp_path / "config.json").read_text()
         code = train.main(cmd[2:])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1, err
         assert err[0] == f"error: run directory {tmp_path} is in use by process {first.pid}"
-        assert sorted(n for n in os.listdir(tmp_path) if n.startswith("events.out")) == events
+        assert events() == before  # no TensorBoard file of its own
         assert (tmp_path / "config.json").read_text() == config
         assert first.poll() is None  # the first one trains on
     finally:
