@@ -12,15 +12,30 @@ diagnostics, one panel per network: ``train_loss.png/.svg`` (every step's
 training loss, its mean and spread per log interval: the gradient noise of
 the batch size) and ``fit_gap.png/.svg`` (training vs validation error, or
 test error without a validation split, the gap shaded: over/under-fitting).
+
+With several seeds the best test error is the mean of each seed's best (the
+header says so) and the lowest of them has a column of its own; with one
+seed per network the table is the single-run one. ``results.csv`` holds
+plain numbers (empty where there is none; std in columns of their own). A
+study evaluated fewer than twice says so and writes no ``fit_gap``. The
+"wrote" lines list every file written.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import sys
 
-from experiments.figures import plot_curves, plot_fit_gap, plot_responses, plot_step_losses
+from experiments.figures import (
+    MIN_EVALUATIONS,
+    evaluations,
+    plot_curves,
+    plot_fit_gap,
+    plot_responses,
+    plot_step_losses,
+)
 from experiments.study import Row, build_rows, load_runs
 from experiments.verdicts import verdicts
 from training import command_line
@@ -34,68 +49,132 @@ def _fmt(v: float | None, std: float | None = None) -> str:
 
 COLUMNS = ["network", "depth", "params", "runs", "final train error %", "final test error %",
            "best test error %", "paper test error %", "ours - paper", "status"]
+# With several seeds, the best-test-error column is the mean of each seed's best (so
+# it sits beside the other means), and the lowest of them gets a column of its own.
+BEST_MEAN = "best test error % (mean of each seed's best)"
+BEST_MIN = "best test error % (min over seeds)"
+# results.csv: numbers only (empty where there is none), std in columns of their own.
+CSV_COLUMNS = ["network", "depth", "params", "runs", "final train error % (mean)",
+               "final train error % (std)", "final test error % (mean)",
+               "final test error % (std)", BEST_MEAN, "best test error % (std of seeds' best)",
+               BEST_MIN, "paper test error %", "ours - paper", "status"]
+SHORT_STUDY = ("Fewer than two evaluations per network (at most {n}): the test error is "
+               "drawn as points, not curves, and fit_gap.png is not written; train longer "
+               "or evaluate more often (eval_every_steps).")
+
+
+def _several_seeds(rows: list[Row]) -> bool:
+    return any(len(r.runs) > 1 for r in rows)
+
+
+def columns(rows: list[Row]) -> list[str]:
+    """The markdown table's header: ``COLUMNS``, with the best test error labelled (mean,
+    and min in a column of its own) where a network has several seeds."""
+    if not _several_seeds(rows):
+        return list(COLUMNS)
+    at = COLUMNS.index("best test error %")
+    return [*COLUMNS[:at], BEST_MEAN, BEST_MIN, *COLUMNS[at + 1:]]
+
+
+def _diff(r: Row) -> float | None:
+    if r.test_error is None or r.paper_error is None:
+        return None
+    return r.test_error - r.paper_error
 
 
 def table_rows(rows: list[Row]) -> list[list[str]]:
+    """The markdown table's cells, in the order of ``columns(rows)``."""
+    several = _several_seeds(rows)
     out = []
     for r in rows:
-        diff = (f"{r.test_error - r.paper_error:+.2f}"
-                if r.test_error is not None and r.paper_error is not None else "—")
+        diff = _diff(r)
+        best = [_fmt(r.best_test_error, r.best_test_error_std)]
+        if several:
+            best.append(_fmt(r.best_test_error_min))
         out.append([r.label, str(r.depth), f"{r.params:,}" if r.params else "—",
                     str(len(r.runs)), _fmt(r.train_error, r.train_error_std),
-                    _fmt(r.test_error, r.test_error_std), _fmt(r.best_test_error),
-                    _fmt(r.paper_error), diff, r.status])
+                    _fmt(r.test_error, r.test_error_std), *best,
+                    _fmt(r.paper_error), f"{diff:+.2f}" if diff is not None else "—",
+                    r.status])
     return out
 
 
 def markdown_table(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    header = columns(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
     return "\n".join(lines)
 
 
+def _num(v: float | int | None) -> str:
+    return "" if v is None else str(v) if isinstance(v, int) else f"{v:.6g}"
+
+
+def csv_rows(rows: list[Row]) -> list[list[str]]:
+    """The cells of results.csv, in the order of ``CSV_COLUMNS``: plain numbers, empty
+    where there is none (no thousands separators, no dashes, no ``±``)."""
+    return [[r.label, _num(r.depth), _num(r.params), _num(len(r.runs)),
+             _num(r.train_error), _num(r.train_error_std), _num(r.test_error),
+             _num(r.test_error_std), _num(r.best_test_error), _num(r.best_test_error_std),
+             _num(r.best_test_error_min), _num(r.paper_error), _num(_diff(r)), r.status]
+            for r in rows]
+
+
+# Every file the report writes, in the order of its "wrote" lines.
+FILE_KEYS = ("markdown", "csv", "figure_png", "figure_svg", "responses_png", "responses_svg",
+             "loss_png", "loss_svg", "gap_png", "gap_svg")
+
+
 def write_report(study_dir: str | os.PathLike) -> dict:
-    """Writes the figures, tables and verdicts into ``study_dir``; returns what it wrote."""
+    """Writes the figures, tables and verdicts into ``study_dir``; returns what it wrote.
+
+    ``files`` lists every file written, in order; ``notices`` what the reader
+    should know before reading the figures (a study too short for test curves).
+    """
     study_dir = os.fspath(study_dir)
     rows = build_rows(load_runs(study_dir))
     found = verdicts(rows)
-    written = {"verdicts": found, "table": markdown_table(rows)}
-    figs = plot_curves(rows, os.path.join(study_dir, "curves"))
-    written["figure_png"], written["figure_svg"] = figs
+    evals = evaluations(rows)
+    short = evals < MIN_EVALUATIONS
+    notices = [SHORT_STUDY.format(n=evals)] if short else []
+    written = {"verdicts": found, "table": markdown_table(rows), "notices": notices}
+    base = functools.partial(os.path.join, study_dir)
+    (written["figure_png"], written["figure_svg"]), _ = plot_curves(rows, base("curves"))
     if any(r.responses for row in rows for r in row.runs):
-        written["responses_png"] = plot_responses(rows, os.path.join(study_dir,
-                                                                     "layer_responses"))[0]
-    written["loss_png"], written["loss_svg"] = plot_step_losses(
-        rows, os.path.join(study_dir, "train_loss"))[0]
-    written["gap_png"], written["gap_svg"] = plot_fit_gap(rows,
-                                                          os.path.join(study_dir, "fit_gap"))[0]
-    csv_path = os.path.join(study_dir, "results.csv")
+        (written["responses_png"], written["responses_svg"]), _ = plot_responses(
+            rows, base("layer_responses"))
+    (written["loss_png"], written["loss_svg"]), _ = plot_step_losses(rows, base("train_loss"))
+    if not short:
+        (written["gap_png"], written["gap_svg"]), _ = plot_fit_gap(rows, base("fit_gap"))
+    csv_path = base("results.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        writer.writerows(table_rows(rows))
-    md_path = os.path.join(study_dir, "results.md")
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(csv_rows(rows))
+    md_path = base("results.md")
     parts = [f"# Results: {study_dir}", "", written["table"], "", "## Verdicts", ""]
     parts += [f"- {v}" for v in found] or ["- (not enough finished runs to compare)"]
-    parts += ["", "![training and test error](curves.png)", ""]
+    parts += [""] + [f"**Note:** {n}" for n in notices] + ([""] if notices else [])
+    parts += ["![training and test error](curves.png)", ""]
     if "responses_png" in written:
         parts += ["![std of layer responses](layer_responses.png)", ""]
     parts += ["## Diagnostics", "",
               "Every step's training loss (its spread is the gradient noise of the batch size):",
-              "", "![training loss of every step](train_loss.png)", "",
-              "Training vs held-out error, the gap shaded (over- and under-fitting):", "",
-              "![training vs held-out error](fit_gap.png)", ""]
+              "", "![training loss of every step](train_loss.png)", ""]
+    if "gap_png" in written:
+        parts += ["Training vs held-out error, the gap shaded (over- and under-fitting):", "",
+                  "![training vs held-out error](fit_gap.png)", ""]
     with open(md_path, "w") as f:
         f.write("\n".join(parts))
     written["markdown"], written["csv"] = md_path, csv_path
+    written["files"] = [written[k] for k in FILE_KEYS if k in written]
     return written
 
 
 def render_text(written: dict) -> str:
     lines = [written["table"], "", *written["verdicts"], ""]
-    lines += [f"wrote {written[k]}" for k in ("markdown", "csv", "figure_png", "figure_svg",
-                                               "responses_png", "loss_png", "gap_png")
-              if k in written]
+    lines += [f"note: {n}" for n in written.get("notices", [])]
+    lines += [f"wrote {path}" for path in written["files"]]
     return "\n".join(lines)
 
 

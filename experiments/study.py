@@ -3,7 +3,8 @@
 ``load_runs`` reads every run directory under a study (config.json,
 metrics.jsonl, summary.json, layer_responses.json; JSON, never pickle);
 ``build_rows`` groups the runs that differ only in their seed into a ``Row``
-(label, mean +- std of the final errors, the paper's number, status). The
+(label, mean +- std over seeds of the final errors and of each seed's best
+test error, the lowest best, the paper's number, status). The
 verdicts, figures and tables of ``experiments.report`` are computed from these.
 """
 
@@ -54,10 +55,18 @@ class Row:
     train_error_std: float | None = None
     test_error: float | None = None
     test_error_std: float | None = None
-    best_test_error: float | None = None
+    best_test_error: float | None = None  # %, mean over seeds of each seed's best
+    best_test_error_std: float | None = None
+    best_test_error_min: float | None = None  # %, the lowest of the seeds' bests
     paper_error: float | None = None
     status: str = ""
     arch: str = ""  # the architecture besides depth and shortcuts ('' = the paper's nets)
+
+    @property
+    def finished(self) -> bool:
+        """Every seed of the network finished (``status`` then reads ``finished`` or
+        ``N finished``)."""
+        return bool(self.runs) and all(r.status == "finished" for r in self.runs)
 
 
 def _pct(v) -> float | None:
@@ -147,8 +156,8 @@ def build_rows(runs: list[Run]) -> list[Row]:
         row.test_error, row.test_error_std = _mean_std(
             [_pct(r.summary.get("final_test_error")) for r in finished])
         bests = [_pct(r.summary.get("best_test_error")) for r in finished]
-        bests = [b for b in bests if b is not None]
-        row.best_test_error = min(bests) if bests else None
+        row.best_test_error, row.best_test_error_std = _mean_std(bests)
+        row.best_test_error_min = min((b for b in bests if b is not None), default=None)
         model_keys = {k.removeprefix("model."): v
                       for k, v in flatten(members[0].config).items()
                       if k.startswith("model.")}
