@@ -1,7 +1,7 @@
 """Ensembles of trained runs: the mean of the members' softmax, and its error beside theirs.
 
     python -m experiments.ensemble RUN_DIR [RUN_DIR ...] [--checkpoints latest|all|STEP,...]
-                                   [--split test|val] [--out FILE]
+                                   [--split test|val] [--out FILE|DIR]
 
 Each member is one checkpoint of one run directory: by default the latest
 checkpoint of each run (an ensemble of independently trained networks);
@@ -13,9 +13,18 @@ shortcuts, but must share the dataset and the number of classes (and, for
 ``--split val``, the held-out examples). Each member's class probabilities
 are computed on device, in the evaluation pass's batches and with the run's
 own mean image; the ensemble averages them on the host and predicts the
-argmax. Prints a table (error %, negative log-likelihood) ending with one
-JSON line, also written to ``--out`` (default ``ensemble.json`` in the first
-run directory). Bad input is one ``error:`` line and exit code 2.
+argmax. Prints a table (error %, negative log-likelihood), the path of the
+result file, and one JSON line, the result, also written to that file.
+
+The result file is ``--out FILE``, or, when ``--out`` is an existing directory
+or not given, ``ensemble-<runs>[@<checkpoints>][-val].json`` in that directory
+or by default in the directory that holds the run directories (their common
+parent), never inside a run: ``<runs>`` are the run directories' names joined
+by ``+``, e.g. ``runs/c10/ensemble-depth=20,plain=False+depth=56,plain=False.json``
+or ``runs/ensemble-digits-resnet-20@all.json`` (a name too long for a file
+system becomes ``ensemble-<first run>+<N>-more-<hash>...``). Bad input,
+``--out`` in a directory that does not exist included, is one ``error:`` line
+and exit code 2, before any member is evaluated.
 
 In-memory datasets (digits, CIFAR) only, in one process; ImageNet (streamed)
 is refused with an error.
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -43,6 +53,7 @@ from training.checkpoints import Checkpointer
 from training.run_dir import read_json, write_json_atomic
 
 SPLITS = ("test", "val")
+MAX_NAME = 200  # characters of a default result file's name (file systems allow 255 bytes)
 DATA_KEYS = ("dataset", "data_dir", "data_seed", "val_examples", "imbalance", "normalize",
              "whiten_over", "whiten_epsilon")
 
@@ -231,6 +242,47 @@ def render_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def default_name(run_dirs: list[str], checkpoints: str | list[int] = "latest",
+                 split: str = "test") -> str:
+    """``ensemble-<run names joined by +>[@<checkpoints>][-val].json``: what was ensembled."""
+    names = [os.path.basename(os.path.abspath(d)) for d in run_dirs]
+    suffix = "" if checkpoints == "latest" else "@" + (
+        checkpoints if isinstance(checkpoints, str) else ",".join(map(str, checkpoints)))
+    suffix += "" if split == "test" else f"-{split}"
+    name = f"ensemble-{'+'.join(names)}{suffix}.json"
+    if len(name.encode()) <= MAX_NAME:
+        return name
+    digest = hashlib.sha1("\0".join([*map(os.path.abspath, run_dirs), suffix]).encode())
+    head = names[0][:80]
+    return f"ensemble-{head}+{len(names) - 1}-more-{digest.hexdigest()[:10]}{suffix[:60]}.json"
+
+
+def default_dir(run_dirs: list[str]) -> str:
+    """The common parent of the run directories: a directory none of them contains.
+
+    Relative to the working directory when the run directories were given so.
+    """
+    parent = os.path.commonpath([os.path.dirname(os.path.abspath(d)) for d in run_dirs])
+    return parent if any(os.path.isabs(d) for d in run_dirs) else os.path.relpath(parent)
+
+
+def output_path(out: str | None, run_dirs: list[str], checkpoints: str | list[int] = "latest",
+                split: str = "test") -> str:
+    """Where the result goes (see the module docstring); ValueError if it cannot be written."""
+    if out is not None and not os.path.isdir(out):
+        directory = out if out.endswith(os.sep) else os.path.dirname(out) or os.curdir
+        if not os.path.isdir(directory):
+            raise ValueError(f"--out {out}: directory {directory} does not exist")
+        path = out
+    else:
+        directory = default_dir(run_dirs) if out is None else out
+        path = os.path.join(directory, default_name(run_dirs, checkpoints, split))
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: directory {directory} is not writable "
+                         "(choose another with --out)")
+    return path
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = command_line.ArgumentParser(prog="python -m experiments.ensemble",
                description="Average the softmax of several runs (or checkpoints) on a split.")
@@ -238,8 +290,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--checkpoints", default="latest",
                    help="latest (default), all, or steps like 400,600 (each run)")
     p.add_argument("--split", default="test", help="test (default) or val")
-    p.add_argument("--out", default=None,
-                   help="JSON result file (default: ensemble.json in the first RUN_DIR)")
+    p.add_argument("--out", default=None, metavar="FILE|DIR",
+                   help="JSON result file, or a directory for the default name (default: "
+                   "ensemble-<runs>[@<checkpoints>][-val].json beside the run directories)")
     args = p.parse_args(argv)
     args.checkpoints = parse_checkpoints(args.checkpoints)
     return args
@@ -252,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         args = parse_args(argv)
+        out = output_path(args.out, args.run_dirs, args.checkpoints, args.split)
         result = ensemble(args.run_dirs, args.checkpoints, args.split)
-        out = args.out or os.path.join(args.run_dirs[0], "ensemble.json")
         try:
             write_json_atomic(out, result)
         except OSError as e:
@@ -261,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         return command_line.bad_input(e)
     print(render_table(result))
+    print(f"written to {out}")
     print(json.dumps(result))
     return 0
 

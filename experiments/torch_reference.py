@@ -1,9 +1,9 @@
 """PyTorch reference for speed comparisons on CPU or GPU (torch is not a project dependency).
 
-The same CIFAR ResNet (option A shortcuts) and SGD step as
-``../shared/bench/torch_cifar_resnet.py``, with a device, a compute dtype and
-device-synchronised timing, to run beside ``experiments.benchmark`` on the same
-machine, back to back:
+The CIFAR ResNet of the paper's Sec. 4.2 (option A shortcuts) and the SGD step
+of the recipe (batch of random images, lr 0.1, momentum 0.9, weight decay
+1e-4), with a device, a compute dtype and device-synchronised timing, to run
+beside ``experiments.benchmark`` on the same machine, back to back:
 
     python -m experiments.torch_reference --depth 56 --batch-size 128 --device cuda \\
         --dtype bfloat16 --channels-last [--compile reduce-overhead]

@@ -1,7 +1,16 @@
-"""Model summary CLI: ``python -m models FAMILY DEPTH [--plain] [--shortcut A|B|C] ...``.
+"""Model summary CLI: ``python -m models FAMILY DEPTH [--plain] [--shortcut A|B|C] [--stages] ...``.
 
-Prints a per-stage table (output shape, parameters, multiply-adds) and ends
-with one JSON line (family, depth, plain, shortcut, params, flops) for scripts.
+Prints one row per layer, in the order of the forward pass: every convolution,
+BatchNorm, identity shortcut (options A/B; a projection is its conv and BN
+rows) and the classifier (``head``), each with its path in the model, its type,
+its output shape (for one image), parameters and multiply-accumulates (MACs:
+the paper's "FLOPs" of Table 1; BatchNorm, activations, pooling and additions
+count 0). Pooling has no row: the ImageNet stem's 3x3/2 max-pool comes after
+``stem.bn``, the global average pool before ``head``.
+Then a ``total`` row, counted over the whole traced network (the rows add up
+to it), and one JSON line for scripts: family, depth, plain, shortcut, params,
+macs, image_size, ... ``--stages`` prints one row per stage (stem, each stage,
+head) instead of one per layer. Bad input is one ``error:`` line, exit code 2.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ import json
 import sys
 
 import models
-from models.summary import summarize
+from models.summary import layer_rows, network_totals, summarize
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--block", default=None, help="basic | bottleneck (CIFAR family)")
     p.add_argument("--preact", action="store_true", help="pre-activation ordering (He 2016)")
     p.add_argument("--width-factor", type=int, default=None, help="WRN's k (family wrn)")
+    p.add_argument("--stages", action="store_true",
+                   help="one row per stage (stem, stages, head) instead of one per layer")
     return p.parse_args(argv)
 
 
@@ -58,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     spec = model.spec
-    rows = summarize(model, image_size)
     order = ", pre-activation" if spec.preact else ""
     print(f"{spec.name} ({spec.family} family, {spec.block} blocks{order}", end="")
     if spec.block == "bottleneck":
@@ -66,12 +76,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f", stride on the {where}", end="")
     shortcut = "none (plain)" if spec.plain else spec.shortcut
     print(f"), shortcut {shortcut}, input {image_size}x{image_size}x{spec.in_channels}")
-    print(f"{'part':<24}{'output':>16}{'params':>14}{'mult-adds':>16}")
-    for r in rows:
-        shape = "x".join(map(str, r.output_shape))
-        print(f"{r.name:<24}{shape:>16}{r.params:>14,}{r.macs:>16,}")
-    params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
-    print(f"{'total':<24}{'':>16}{params:>14,}{macs:>16,}")
+    if args.stages:
+        rows = [(r.name, "", r.output_shape, r.params, r.macs)
+                for r in summarize(model, image_size)]
+    else:
+        rows = [(r.name, r.kind, r.output_shape, r.params, r.macs)
+                for r in layer_rows(model, image_size)]
+    params, macs = network_totals(model, image_size)
+    width = max(len("total"), *(len(r[0]) for r in rows)) + 2
+    kind = max((len(r[1]) for r in rows), default=0)
+    kind = kind + 2 if kind else 0
+    print(f"{'layer' if not args.stages else 'part':<{width}}{'type' if kind else '':<{kind}}"
+          f"{'output':>14}{'params':>14}{'MACs':>16}")
+    for name, what, out_shape, n, m in rows:
+        shape = "x".join(map(str, out_shape))
+        print(f"{name:<{width}}{what:<{kind}}{shape:>14}{n:>14,}{m:>16,}")
+    print(f"{'total':<{width}}{'':<{kind}}{'':>14}{params:>14,}{macs:>16,}")
     print(
         json.dumps(
             {
@@ -80,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 "plain": spec.plain,
                 "shortcut": None if spec.plain else spec.shortcut,
                 "params": params,
-                "flops": macs,
+                "macs": macs,
                 "image_size": image_size,
                 "bottleneck_stride": spec.bottleneck_stride,
                 "block": spec.block,

@@ -1,6 +1,7 @@
 """Tests of ensembles of runs (experiments/ensemble.py) on two tiny digits runs."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -51,8 +52,9 @@ def test_the_ensemble_error_is_that_of_the_mean_softmax(runs, tmp_path, capsys):
     code, out, err = run_main(capsys, a, b, "--out", out_file)
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
-    assert result == load_json(out_file)
-    assert "ensemble" in out.splitlines()[-3] and "2 members" in out.splitlines()[-3]
+    assert result == load_json(out_file)  # --out is honoured
+    assert out.splitlines()[-2] == f"written to {out_file}"
+    assert "ensemble" in out.splitlines()[-4] and "2 members" in out.splitlines()[-4]
     (pa, labels), (pb, _) = independent_softmax(a, 20), independent_softmax(b, 20)
     mean = (pa + pb) / 2
     assert result["num_examples"] == len(labels) == 360
@@ -71,8 +73,13 @@ def test_the_ensemble_error_is_that_of_the_mean_softmax(runs, tmp_path, capsys):
     assert not np.array_equal(mean.argmax(1), pa.argmax(1))
 
 
-def test_checkpoints_of_one_run(runs, capsys):
-    a, _ = runs
+def _files(*dirs):
+    return {p: os.path.getmtime(p) for d in dirs for p in d.rglob("*")}
+
+
+def test_checkpoints_of_one_run_and_the_default_result_file(runs, capsys):
+    a, b = runs
+    before = _files(a, b)
     code, out, err = run_main(capsys, a, "--checkpoints", "all")
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
@@ -80,9 +87,40 @@ def test_checkpoints_of_one_run(runs, capsys):
     logged = {m["step"]: m["test_error"] for m in read_metrics(a) if "test_error" in m}
     for member in result["members"]:
         assert member["error"] == pytest.approx(logged[member["step"]], rel=1e-12)
-    assert load_json(a / "ensemble.json") == result  # default --out: the first run dir
-    code, out, _ = run_main(capsys, a, "--checkpoints", "10")
-    assert code == 0 and [m["step"] for m in json.loads(out.splitlines()[-1])["members"]] == [10]
+    # Default: beside the run directories (their common parent), named after what was ensembled.
+    default = a.parent / "ensemble-resnet@all.json"
+    assert load_json(default) == result
+    assert out.splitlines()[-2] == f"written to {default}"
+    code, out, _ = run_main(capsys, a, b, "--checkpoints", "10")
+    result = json.loads(out.splitlines()[-1])
+    assert code == 0 and [m["step"] for m in result["members"]] == [10, 10]
+    assert load_json(a.parent / "ensemble-resnet+plain@10.json") == result
+    assert _files(a, b) == before  # nothing written inside a member
+
+
+def test_the_result_file_name_and_place(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = tmp_path / "runs" / "c10"
+    for name in ("depth=20", "depth=56", "sub/depth=110"):
+        (study / name).mkdir(parents=True)
+    out = ensemble.output_path(None, ["runs/c10/depth=20", "runs/c10/depth=56"])
+    assert out == os.path.join("runs", "c10", "ensemble-depth=20+depth=56.json")
+    # Never inside a member, even when one run directory holds another.
+    out = ensemble.output_path(None, [str(study / "depth=20"), str(study / "depth=20" / "x")])
+    assert out == str(study / "ensemble-depth=20+x.json")
+    out = ensemble.output_path(None, ["runs/c10/depth=20", "runs/c10/sub/depth=110"], [400, 600],
+                               "val")
+    assert out == os.path.join("runs", "c10", "ensemble-depth=20+depth=110@400,600-val.json")
+    # --out: a file, or a directory that gets the default name.
+    assert ensemble.output_path("ens.json", ["runs/c10/depth=20"]) == "ens.json"
+    assert ensemble.output_path("runs", ["runs/c10/depth=20"], "all") == os.path.join(
+        "runs", "ensemble-depth=20@all.json")
+    # Many members: a name a file system takes.
+    many = [f"runs/c10/depth=56,plain=False,seed={i}" for i in range(20)]
+    name = os.path.basename(ensemble.output_path(None, many))
+    assert len(name) <= ensemble.MAX_NAME and name.startswith("ensemble-depth=56,plain=False,"
+                                                                "seed=0+19-more-")
+    assert name != os.path.basename(ensemble.output_path(None, many[:-1] + ["runs/c10/other"]))
 
 
 def _copy_with(src, dst, **changes):
@@ -109,12 +147,16 @@ def test_bad_input_is_one_error_line_and_exit_code_2(runs, tmp_path, capsys):
         (["--split", "val"], "val_examples > 0"),
         ([tmp_path], "is not a run directory"),
         ([a], "given twice"),
+        (["--out", tmp_path / "missing" / "ens.json"], f"directory {tmp_path / 'missing'} does "
+                                                       "not exist"),
+        (["--out", f"{tmp_path / 'missing'}{os.sep}"], "does not exist"),
     ]
     for extra, message in cases:
         code, out, err = run_main(capsys, a, *extra)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (extra, err)
         assert message in lines[0], (message, lines[0])
+    assert not (tmp_path / "missing").exists()
     streamed = _copy_with(a, tmp_path / "inet", dataset="imagenet2012",
                           normalize="channel_standardize")
     code, _, err = run_main(capsys, streamed)

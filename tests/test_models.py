@@ -218,18 +218,80 @@ def test_bad_architectures_fail_at_construction_with_one_line(cfg, message):
     assert "\n" not in str(e.value)
 
 
-def test_summary_cli_ends_with_json_and_rejects_bad_depth():
-    out = subprocess.run(
-        [sys.executable, "-m", "models", "cifar", "20", "--plain"],
-        capture_output=True, text=True, check=True)
-    last = json.loads(out.stdout.strip().splitlines()[-1])
-    assert last == {**last, "family": "cifar", "depth": 20, "plain": True, "shortcut": None,
-                    "params": 269_722}
-    assert abs(last["flops"] - 41e6) / 41e6 < 0.02
+def _summary_table(stdout):
+    """(layer rows, total row, JSON line) of ``python -m models``'s output."""
+    lines = stdout.strip().splitlines()
+    assert lines[1].split()[0] in ("layer", "part")
+    total = lines[-2].split()
+    assert total[0] == "total"
+    parse = lambda words: (*words[:-3], words[-3], int(words[-2].replace(",", "")),  # noqa: E731
+                           int(words[-1].replace(",", "")))
+    rows = [parse(line.split()) for line in lines[2:-2]]
+    return rows, (int(total[1].replace(",", "")), int(total[2].replace(",", ""))), \
+        json.loads(lines[-1])
+
+
+def test_summary_cli_prints_every_layer_adding_up_to_the_totals_and_rejects_bad_depth():
+    out = subprocess.run([sys.executable, "-m", "models", "cifar", "20"],
+                         capture_output=True, text=True, check=True)
+    rows, (params, macs), last = _summary_table(out.stdout)
+    assert last == {**last, "family": "cifar", "depth": 20, "plain": False, "shortcut": "A",
+                    "params": 269_722, "macs": macs, "name": "resnet-20"}
+    assert "flops" not in last and abs(macs - 41e6) / 41e6 < 0.02
+    assert params == 269_722
+    # The rows add up to the totals, which are counted over the whole traced network.
+    assert sum(r[-2] for r in rows) == params and sum(r[-1] for r in rows) == macs
+    names = [r[0] for r in rows]
+    assert names[:2] == ["stem.conv", "stem.bn"] and names[-1] == "head"
+    assert rows[-1][1:] == ("dense", "10", 650, 640)
+    convs = [r for r in rows if r[1] == "conv"]
+    assert len(convs) + 1 == 20  # the depth: weighted layers, the classifier included
+    assert all(r[1] == "bn" for r in rows if r[0].endswith(".bn"))
+    assert rows[2] == ("stages.0.blocks.0.unit1.conv", "conv", "3x3/1", "32x32x16",
+                       16 * 16 * 9, 32 * 32 * 16 * 16 * 9)
+    shortcuts = [r for r in rows if r[0].endswith(".shortcut")]
+    assert len(shortcuts) == 9 and all(r[-2:] == (0, 0) for r in shortcuts)
+    assert shortcuts[3][1:4] == ("identity", "/2", "+16ch")  # stage 2's first block
+    assert shortcuts[3][-3] == "16x16x32"
     bad = subprocess.run([sys.executable, "-m", "models", "cifar", "57"],
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv,layers,projections", [
+    (["cifar", "8", "--plain"], 7 + 7 + 1, 0),  # 7 conv + 7 BN rows, the head
+    (["cifar", "8", "--shortcut", "C", "--preact"], 7 + 7 + 3 + 1, 3),  # bare 1x1 conv shortcuts
+    (["cifar", "8", "--shortcut", "B"], 2 + 3 * 4 + 1 + 2 * 2 + 1, 2),  # conv+BN projections
+    (["cifar", "11", "--block", "bottleneck"], 2 + 3 * 6 + 3 * 2 + 1, 3),  # B: 16 -> 64 too
+])
+def test_summary_rows_add_up_to_the_totals_for_other_nets(argv, layers, projections, capsys):
+    from models.__main__ import main
+
+    assert main(argv) == 0
+    rows, (params, macs), last = _summary_table(capsys.readouterr().out)
+    assert len(rows) == layers
+    assert (sum(r[-2] for r in rows), sum(r[-1] for r in rows)) == (params, macs)
+    assert (last["params"], last["macs"]) == (params, macs)
+    assert len([r for r in rows if ".shortcut" in r[0] and r[1] == "conv"]) == projections
+    assert main([*argv, "--stages"]) == 0
+    stages, totals, _ = _summary_table(capsys.readouterr().out)
+    assert [r[0] for r in stages][:2] == ["stem", "stage1"] and totals == (params, macs)
+    assert (sum(r[-2] for r in stages), sum(r[-1] for r in stages)) == (params, macs)
+
+
+def test_layer_rows_cover_prelu_parameters_and_restore_the_layer_classes():
+    from models.summary import layer_rows, network_totals
+
+    calls = (nnx.Conv.__call__, nnx.Linear.__call__)
+    model = small_cifar(activation="prelu")
+    rows = layer_rows(model, 8)
+    assert (nnx.Conv.__call__, nnx.Linear.__call__) == calls
+    assert [r.kind for r in rows].count("prelu") == 7  # one per activation: stem, 2 per block
+    assert (sum(r.params for r in rows), sum(r.macs for r in rows)) == network_totals(model, 8)
+    assert count_params(model) == network_totals(model, 8)[0]
+    with pytest.raises(ValueError, match="scan_blocks=False"):
+        layer_rows(models.build_model(dict(family="cifar", depth=14, scan_blocks=True)), 32)
 
 
 # --------------------------------------------------------------- how blocks run: scan, remat, conv
