@@ -17,6 +17,7 @@ measurements, schedule, optimizer, checkpoints, run files) and ``data/``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -92,26 +93,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         run.prepare(config.to_dict(), allow_config_change=allow_config_change)  # and lock it
         # Input is validated; a ValueError from here on is a bug, not bad input, and
         # must not be reported as one (exit 2, "error: ...").
+        ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints,
+                                        is_writer=run.is_writer)
         try:
-            return _train(config, workdir, mesh, feed, sched, run, stop)
+            return _train(config, workdir, mesh, feed, sched, run, ckpt, stop)
         except ValueError as e:
             raise RuntimeError(f"internal error after the input was validated: {e}") from e
         finally:
+            with contextlib.suppress(Exception):  # a failed save was reported where it surfaced
+                ckpt.close()
             run.close()
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
-           sched: schedule.Schedule, run: run_dir.RunDir, stop: exits.StopSignals) -> dict:
+           sched: schedule.Schedule, run: run_dir.RunDir, ckpt: checkpoints.Checkpointer,
+           stop: exits.StopSignals) -> dict:
     state = steps.create_train_state(config)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints)
-    start = ckpt.latest_step()
-    if start is None and config.finetune.from_run is not None:
+    if not ckpt.all_steps() and config.finetune.from_run is not None:
         params, batch_stats = finetune.import_source(config, state.params, state.batch_stats)
         state = state.replace(params=params, batch_stats=batch_stats)
-    state = replicate(state, mesh)
-    if start is not None:
-        state = ckpt.restore(start, state)
+    _, state = ckpt.restore_newest(replicate(state, mesh))
     start = int(state.step)
     run.metrics.truncate_after(start)
     elapsed_before = run.metrics.last_value("elapsed_s", 0.0)
@@ -124,7 +126,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
                                       total_steps=sched.total_steps, start_step=start,
                                       loop_on_device=config.loop_on_device)
     count_dead = config.dead_units and config.model.activation in models.RECTIFIERS
-    last_checkpoint = ckpt.latest_step
+
+    def last_checkpoint() -> int | None:
+        """The newest complete checkpoint on disk, once the saves in flight have ended."""
+        with contextlib.suppress(Exception):  # a failed save leaves no step directory
+            ckpt.wait()
+        return max(checkpoints.checkpoint_steps(workdir), default=None)
 
     bar = progress.Progress(sched.total_steps, start, config.log_every_steps)
     t0, t_log, step = time.time(), time.time(), start
@@ -153,7 +160,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
             if config.schedule.name == "plateau":  # before the checkpoint, which must hold it
                 state = state.replace(plateau=replicate(
                     schedule.plateau_step(config, state.plateau, line["val_error"]), mesh))
-        with exits.writing("metrics", step, last_checkpoint):
+        with exits.writing("metrics line", step, last_checkpoint):
             run.metrics.append(line)
         bar.update(line)
         t_log = time.time()
@@ -180,13 +187,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
                                 params=num_params, steps=sched.total_steps)
     with exits.writing("summary", step, last_checkpoint):
         run.write_json("summary.json", summary)
-    ckpt.close()
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit code (``training.exits``)."""
     exits.die_with_parent()
+    exits.quiet_failed_saves()
     try:
         args = command_line.parse_train_args(sys.argv[1:] if argv is None else argv)
         config = command_line.load_config(args.config, args.overrides)
@@ -200,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                                      allow_config_change=args.allow_config_change)
     except ValueError as e:
         return command_line.bad_input(e)
+    except checkpoints.NoCheckpointRestores as e:
+        print(f"error: {e}", file=sys.stderr)
+        return exits.EXIT_BAD_INPUT
     except exits.Diverged as e:
         name = models.spec_from_config(config.model).name
         run_dir.record_failure(args.workdir, "diverged", str(e), name=name,

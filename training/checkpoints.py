@@ -4,26 +4,54 @@ Orbax writes each checkpoint to a temporary directory and renames it when
 complete, so a run killed mid-save leaves the previous checkpoint as the
 latest one: a checkpoint is either complete or ignored, never half-read.
 Checkpoints hold arrays only (no pickle).
+
+A checkpoint damaged after it was written (a truncated file, a lost
+``_METADATA``) is not the end of a run: ``restore_newest`` falls back to the
+newest one that restores and moves the damaged ones aside, into
+``WORKDIR/damaged_checkpoints/``; it deletes nothing.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+DAMAGED_DIR = "damaged_checkpoints"
+
+
+class NoCheckpointRestores(Exception):
+    """A run has checkpoints but none of them restores (none was moved or deleted)."""
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of an exception, short enough for a one-line message."""
+    text = str(e).strip()
+    first = text.splitlines()[0].strip() if text else type(e).__name__
+    first = first.split(" See full TensorStore details")[0]  # the rest is a method's repr
+    return first if len(first) <= 160 else first[:157] + "..."
+
 
 class Checkpointer:
-    """Saves and restores one pytree of arrays under ``WORKDIR/checkpoints``."""
+    """Saves and restores one pytree of arrays under ``WORKDIR/checkpoints``.
 
-    def __init__(self, workdir: str | os.PathLike, keep: int):
-        path = os.path.abspath(os.path.join(os.fspath(workdir), "checkpoints"))
+    ``is_writer`` marks the trainer's process 0, the one process that moves
+    damaged checkpoints aside and removes the temporary directories of saves
+    that never completed (a kill or a full disk mid-save); readers of another
+    run (ensembles, fine-tuning) leave its directory as it is.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, keep: int, *, is_writer: bool = False):
+        self.workdir = os.path.abspath(os.fspath(workdir))
+        self.is_writer = is_writer
         self.manager = ocp.CheckpointManager(
-            path,
+            os.path.join(self.workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=ocp.checkpoint_managers.LatestN(n=keep), create=True),
+                preservation_policy=ocp.checkpoint_managers.LatestN(n=keep), create=True,
+                cleanup_tmp_directories=is_writer),
         )
 
     def latest_step(self) -> int | None:
@@ -41,6 +69,46 @@ class Checkpointer:
         """Restores into the structure, dtypes and shardings of ``like``."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def restore_newest(self, like: Any) -> tuple[int | None, Any]:
+        """Restores the newest checkpoint that restores; ``(None, like)`` when there is none.
+
+        Newer checkpoints that fail to restore (any error: TensorStore, JSON,
+        a tree that no longer matches) are moved to ``WORKDIR/damaged_checkpoints/``
+        with one ``warning:`` line each. When none restores, nothing is moved
+        and ``NoCheckpointRestores`` names each step and why.
+        """
+        failures = []
+        for step in reversed(self.all_steps()):
+            try:
+                state = self.restore(step, like)
+            except Exception as e:  # noqa: BLE001 - whatever the damage, try an older one
+                failures.append((step, _reason(e)))
+                continue
+            for bad, why in failures if self.is_writer else ():
+                where = self._move_aside(bad)
+                print(f"warning: checkpoint {bad} does not restore ({why}); "
+                      f"moved it to {where}, resuming from checkpoint {step}", file=sys.stderr)
+            if failures:
+                self.manager.reload()
+            return step, state
+        if failures:
+            steps = "; ".join(f"step {s}: {why}" for s, why in failures)
+            raise NoCheckpointRestores(
+                f"no checkpoint in {self.manager.directory} restores ({steps}); nothing was "
+                "moved or deleted: use another --workdir to start afresh")
+        return None, like
+
+    def _move_aside(self, step: int) -> str:
+        """Moves a damaged checkpoint out of Orbax's sight; returns where to."""
+        target = os.path.join(self.workdir, DAMAGED_DIR, str(step))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        n = 1
+        while os.path.exists(target):  # damaged again after a later resume
+            n += 1
+            target = os.path.join(self.workdir, DAMAGED_DIR, f"{step}.{n}")
+        os.rename(os.path.join(self.workdir, "checkpoints", str(step)), target)
+        return target
 
     def wait(self) -> None:
         """Blocks until pending saves are on disk (raises if one failed)."""

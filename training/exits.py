@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 
 EXIT_BAD_INPUT = 2
@@ -59,9 +61,32 @@ class WriteFailed(RuntimeError):
     """A metrics line or checkpoint could not be written (disk full, quota, lost mount)."""
 
     def __init__(self, what: str, step: int, err: BaseException, last_checkpoint: int | None):
-        super().__init__(f"cannot write the {what} at step {step} ({err}); the last complete "
-                         f"checkpoint ({_checkpoint_text(last_checkpoint)}) is intact: free "
-                         "space and run again to resume")
+        super().__init__(f"cannot write the {what} (training stopped at step {step}: "
+                         f"{_first_line(err)}); the last complete checkpoint "
+                         f"({_checkpoint_text(last_checkpoint)}) is intact: free space and "
+                         "run again to resume")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    first = text.splitlines()[0].strip() if text else type(err).__name__
+    return first if len(first) <= 200 else first[:197] + "..."
+
+
+# TensorStore (Orbax's array writer) reports storage failures as ValueErrors or
+# bare Exceptions that carry one of these status codes, with no OSError cause.
+STORAGE_STATUS_CODES = ("RESOURCE_EXHAUSTED", "NOT_FOUND", "PERMISSION_DENIED")
+
+
+def storage_error(e: BaseException) -> BaseException | None:
+    """The OSError or TensorStore storage failure behind ``e`` (or its causes), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) or any(code in str(e) for code in STORAGE_STATUS_CODES):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 class Interrupted(RuntimeError):
@@ -78,13 +103,51 @@ def writing(what: str, step: int, last_checkpoint: Callable[[], int | None]) -> 
     """Turns a failed write into ``WriteFailed``, naming the checkpoint a rerun resumes from."""
     try:
         yield
-    except OSError as e:
-        raise WriteFailed(what, step, e, last_checkpoint()) from e
     except Exception as e:  # Orbax's async save re-raises the writer's error wrapped
-        cause = e.__cause__ or e.__context__
-        if isinstance(cause, OSError):
-            raise WriteFailed(what, step, cause, last_checkpoint()) from e
-        raise
+        cause = storage_error(e)
+        if cause is None:
+            raise
+        raise WriteFailed(what, step, cause, last_checkpoint()) from e
+
+
+class _DropFailedSaveLogs(logging.Filter):
+    """Drops the logs of a failed checkpoint save: it is raised again and reported in one line.
+
+    Orbax logs the failure of its background save thread with a traceback
+    (absl's logger); asyncio logs each of the save's write tasks whose
+    storage error nobody retrieved once the first one failed the save.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if "orbax" in record.pathname:
+            return False
+        return not (record.exc_info and storage_error(record.exc_info[1]) is not None)
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+    """TensorStore finishing the writes of a save that already failed: nothing to report."""
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def quiet_failed_saves() -> None:
+    """Keeps a failed checkpoint write to one ``error:`` line instead of pages of tracebacks.
+
+    A save fails in Orbax's background thread; ``writing`` turns the error,
+    raised again at the next save or wait, into ``WriteFailed``. What else
+    the failure leaves (Orbax's and asyncio's error logs, TensorStore's late
+    callbacks into the closed event loop, the save's unawaited write
+    coroutines) says the same thing hundreds of times and is dropped.
+    """
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_DropFailedSaveLogs())
+    sys.unraisablehook = _drop_closed_loop_callbacks
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            message=r"coroutine '.*(write_fragment|serializ).*' was never awaited")
 
 
 class StopSignals:

@@ -1,0 +1,173 @@
+"""Checkpoints under faults: a damaged newest checkpoint, none restorable, a full disk."""
+
+import errno
+import os
+import shutil
+import subprocess
+
+import pytest
+from conftest import TINY, read_metrics, tiny_config, train_cmd
+
+import train
+from training import checkpoints, exits, run_dir
+
+TIMING = ("images_per_sec", "elapsed_s")
+
+
+def _without_timing(lines):
+    return [{k: v for k, v in line.items() if k not in TIMING} for line in lines]
+
+
+def _argv(workdir):
+    """``train.main``'s arguments for the tiny run, checkpointing every 5 steps."""
+    return ["--config", "configs/digits.py:resnet-14", "--workdir", str(workdir),
+            *[f"--config.{k}={v}" for k, v in {**TINY, "checkpoint_every_steps": "5"}.items()]]
+
+
+def _steps_on_disk(workdir):
+    return checkpoints.checkpoint_steps(workdir)
+
+
+def _fail_at(monkeypatch, target, method, step, error):
+    """``target.method`` raises ``error`` when it reaches ``step``; returns the real method."""
+    real = getattr(target, method)
+
+    def failing(self, *args):
+        at = args[0] if isinstance(args[0], int) else args[0]["step"]
+        if at == step:
+            raise error
+        return real(self, *args)
+
+    monkeypatch.setattr(target, method, failing)
+    return real
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The metrics of the tiny run trained in one go (checkpoints every 5 steps)."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    train.train_and_evaluate(tiny_config(checkpoint_every_steps=5), str(workdir))
+    return _without_timing(read_metrics(workdir))
+
+
+def _stopped_at_15(workdir, monkeypatch):
+    """A run that stopped at step 15 (its metrics line failed): checkpoints 5 and 10."""
+    real = _fail_at(monkeypatch, run_dir.MetricsLog, "append", 15,
+                    OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(exits.WriteFailed):
+        train.train_and_evaluate(tiny_config(checkpoint_every_steps=5), str(workdir))
+    monkeypatch.setattr(run_dir.MetricsLog, "append", real)
+    assert _steps_on_disk(workdir) == [5, 10]
+
+
+def _truncate_large_files(step_dir):
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.getsize(path) > 1024:
+                os.truncate(path, 100)
+
+
+def _delete_metadata(step_dir):
+    os.remove(os.path.join(step_dir, "default", "_METADATA"))
+
+
+@pytest.mark.parametrize("damage", [_truncate_large_files, _delete_metadata])
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_ends_as_if_uninterrupted(
+        tmp_path, monkeypatch, capsys, uninterrupted, damage):
+    _stopped_at_15(tmp_path, monkeypatch)
+    damage(tmp_path / "checkpoints" / "10")
+    capsys.readouterr()
+    code = train.main(_argv(tmp_path))
+    assert code == 0
+    warnings = [e for e in capsys.readouterr().err.splitlines() if e.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: checkpoint 10 does not restore")
+    assert "resuming from checkpoint 5" in warnings[0]
+    moved = tmp_path / checkpoints.DAMAGED_DIR / "10"
+    assert str(moved) in warnings[0] and moved.is_dir()  # kept, not deleted
+    assert _without_timing(read_metrics(tmp_path)) == uninterrupted
+    assert _steps_on_disk(tmp_path) == [10, 15, 20]  # 10 written anew by the resumed run
+
+
+def test_when_no_checkpoint_restores_it_is_one_error_line_and_nothing_is_moved(
+        tmp_path, monkeypatch, capsys):
+    _stopped_at_15(tmp_path, monkeypatch)
+    for step in (5, 10):
+        _delete_metadata(tmp_path / "checkpoints" / str(step))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    code = train.main(_argv(tmp_path))
+    err = [e for e in capsys.readouterr().err.splitlines() if e.strip()]
+    assert code == exits.EXIT_BAD_INPUT and len(err) == 1, err
+    assert err[0].startswith("error: no checkpoint in ") and "step 10: " in err[0]
+    assert "step 5: " in err[0] and "nothing was moved or deleted" in err[0]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("what,error", [
+    ("checkpoint", OSError(errno.ENOSPC, "No space left on device")),
+    ("checkpoint", ValueError('RESOURCE_EXHAUSTED: Error writing "params.stem" in OCDBT')),
+    ("checkpoint", Exception("PERMISSION_DENIED: Error opening file")),
+    ("metrics line", OSError(errno.EDQUOT, "Disk quota exceeded")),
+])
+def test_a_failed_write_is_exit_4_with_one_line_and_the_rerun_ends_as_if_uninterrupted(
+        tmp_path, monkeypatch, capsys, uninterrupted, what, error):
+    target, method = ((checkpoints.Checkpointer, "save") if what == "checkpoint"
+                      else (run_dir.MetricsLog, "append"))
+    real = _fail_at(monkeypatch, target, method, 15, error)
+    argv = _argv(tmp_path)
+    capsys.readouterr()
+    assert train.main(argv) == exits.EXIT_WRITE_FAILED
+    err = [e for e in capsys.readouterr().err.splitlines() if e.strip()]
+    assert len(err) == 1 and err[0].startswith(f"error: cannot write the {what} "), err
+    assert "training stopped at step 15" in err[0] and str(error).split(":")[0] in err[0]
+    assert "the last complete checkpoint (step 10) is intact" in err[0]
+    assert "internal error" not in err[0]
+    monkeypatch.setattr(target, method, real)  # space freed: the rerun resumes from step 10
+    assert train.main(argv) == 0
+    assert _without_timing(read_metrics(tmp_path)) == uninterrupted
+
+
+def test_a_real_bug_in_a_write_is_still_an_internal_error(tmp_path, monkeypatch):
+    _fail_at(monkeypatch, checkpoints.Checkpointer, "save", 10, KeyError("params"))
+    with pytest.raises(KeyError):
+        train.train_and_evaluate(tiny_config(), str(tmp_path))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 2 MiB tmpfs (needs mount rights: root in a container; skipped elsewhere)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_really_full_disk_is_exit_4_and_the_run_resumes_once_space_is_freed(
+        small_tmpfs, tmp_path):
+    extra = ("--config.checkpoint_every_steps=5", "--config.layer_responses=False")
+    reference = tmp_path / "reference"
+    subprocess.run(train_cmd(reference, *extra), check=True, capture_output=True)
+    newest = reference / "checkpoints" / "20"
+    checkpoint_bytes = sum(f.stat().st_size for f in newest.rglob("*") if f.is_file())
+    stat = os.statvfs(small_tmpfs)
+    room = int(2.5 * checkpoint_bytes) + 64 * 1024  # a couple of checkpoints, then full
+    filler = small_tmpfs / "filler"
+    filler.write_bytes(b"\0" * max(stat.f_bavail * stat.f_frsize - room, 0))
+    workdir = small_tmpfs / "run"
+    out = subprocess.run(train_cmd(workdir, *extra), capture_output=True, text=True)
+    err = [e for e in out.stderr.splitlines() if e.strip()]
+    assert out.returncode == exits.EXIT_WRITE_FAILED, out.stderr[-3000:]
+    assert len(err) == 1 and err[0].startswith("error: cannot write the "), err
+    last = int(err[0].split("the last complete checkpoint (step ")[1].split(")")[0])
+    assert last in _steps_on_disk(workdir)
+    filler.unlink()  # space freed: the rerun resumes and ends as if never stopped
+    out = subprocess.run(train_cmd(workdir, *extra), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _without_timing(read_metrics(workdir)) == _without_timing(read_metrics(reference))
