@@ -158,6 +158,19 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
+# The words a boolean key takes, in any case, from the config argument and from
+# --config.KEY=VALUE (training/command_line.py); anything else is an error.
+BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def parse_bool(text: str) -> bool:
+    """``true``/``yes``/``1`` or ``false``/``no``/``0``, any case; else a one-line ValueError."""
+    value = BOOLEAN_WORDS.get(text.strip().lower())
+    if value is None:
+        raise ValueError("expected true or false (or yes/no, 1/0)")
+    return value
+
+
 NETWORK_NAMES = ("plain-DEPTH, resnet-DEPTH, preact-DEPTH, plain-preact-DEPTH, wrn-DEPTH-K "
                  "or plain-wrn-DEPTH-K")
 
@@ -208,10 +221,12 @@ def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collecti
             raise ValueError(f"unknown key {key!r} in config argument {arg!r}")
         field = target.get_ref(key)
         kind = field.get_type()
-        if kind is bool:
-            target[key] = value.lower() in ("1", "true", "yes")
-        elif kind in (int, float, str):
-            target[key] = kind(value)
-        else:
+        if kind not in (bool, int, float, str):
             raise ValueError(f"key {key!r} cannot be set from the config argument")
+        try:
+            target[key] = parse_bool(value) if kind is bool else kind(value)
+        except ValueError as e:
+            why = e if kind is bool else f"expected {kind.__name__}"
+            raise ValueError(f"bad value {value!r} for config key {key!r} in config argument "
+                             f"{arg!r}: {why}") from None
     return config

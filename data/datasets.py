@@ -5,7 +5,8 @@ splits, an optional validation split held out of the training set (a pure
 function of ``data_seed``) and an optional class-imbalanced training subset.
 The normalisation statistics are fitted on the training split at load
 (``data.statistics``). TensorFlow and TFDS are imported lazily, so digits
-runs never pay for them.
+runs never pay for them; ``data.tfds_source`` reads CIFAR (offline when prepared,
+one error line saying how to prepare it when not).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from data import statistics
+from data import statistics, tfds_source
 
 KNOWN_DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagenet2012")
 IN_MEMORY_DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100")
@@ -94,34 +95,10 @@ def _load_digits() -> tuple[Split, Split, int]:
     return _take(everything, train_idx), _take(everything, test_idx), 10
 
 
-def import_tfds():
-    import tensorflow as tf  # noqa: PLC0415
-    import tensorflow_datasets as tfds  # noqa: PLC0415
-
-    tf.config.set_visible_devices([], "GPU")  # or TF takes the accelerator's memory
-    return tf, tfds
-
-
-def not_prepared_error(name: str, data_dir: str | None, err: Exception) -> ValueError:
-    where = data_dir or "~/tensorflow_datasets"
-    manual = (
-        f"; ImageNet needs the archives in {where}/downloads/manual first" if
-        name == "imagenet2012" else ""
-    )
-    return ValueError(
-        f"dataset {name} is not prepared in {where} and could not be downloaded "
-        f"({type(err).__name__}); run `tfds build {name} --data_dir DIR` on a machine with "
-        f"internet and pass --config.data_dir=DIR{manual}"
-    )
-
-
 def _load_tfds_split(name: str, split: str, data_dir: str | None) -> Split:
     """A whole TFDS split as numpy (finite batches: batch_size=-1 breaks under mock_data)."""
-    _, tfds = import_tfds()
-    try:
-        ds = tfds.load(name, split=split, data_dir=data_dir, batch_size=10_000)
-    except Exception as e:  # noqa: BLE001 - TFDS raises many kinds when offline/unprepared
-        raise not_prepared_error(name, data_dir, e) from e
+    _, tfds = tfds_source.import_tfds()
+    ds, _ = tfds_source.load(name, split, data_dir, batch_size=10_000)
     images, labels = [], []
     for batch in tfds.as_numpy(ds):
         images.append(batch["image"])

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from data.datasets import check_known, import_tfds, not_prepared_error
+from data.datasets import check_known
+from data.tfds_source import import_tfds, load
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -34,16 +35,11 @@ def num_examples(config: Any, split: str) -> int:
     """
     check_known(config.dataset)
     _, tfds = import_tfds()
-    data_dir = config.get("data_dir")
+    ds, info = load(config.dataset, split, config.get("data_dir"), batch_size=1024)
     try:
-        return tfds.builder(config.dataset, data_dir=data_dir).info.splits[split].num_examples
-    except Exception:  # noqa: BLE001 - no metadata: count below, or fail there
-        pass
-    try:
-        ds = tfds.load(config.dataset, split=split, data_dir=data_dir, batch_size=1024)
+        return info.splits[split].num_examples
+    except Exception:  # noqa: BLE001 - no metadata: count the examples
         return sum(len(batch["label"]) for batch in tfds.as_numpy(ds))
-    except Exception as e:  # noqa: BLE001
-        raise not_prepared_error(config.dataset, data_dir, e) from e
 
 
 def make_streaming_dataset(
@@ -75,11 +71,7 @@ def make_streaming_dataset(
     crop = int(aug.get("crop_size", 224))
     lo, hi = (int(v) for v in aug.get("scale_range", (256, 480)))
     shard = tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
-    try:
-        ds = tfds.load(config.dataset, split=shard, data_dir=config.get("data_dir"),
-                       shuffle_files=train)
-    except Exception as e:  # noqa: BLE001
-        raise not_prepared_error(config.dataset, config.get("data_dir"), e) from e
+    ds, _ = load(config.dataset, shard, config.get("data_dir"), shuffle_files=train)
     def resize_shorter(image, size):
         shape = tf.cast(tf.shape(image)[:2], tf.float32)
         scale = tf.cast(size, tf.float32) / tf.reduce_min(shape)

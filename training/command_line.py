@@ -6,9 +6,11 @@
 and defines one flag per override key, typed like the field it replaces, so a
 mistyped key or a value of the wrong type is an error. On top of it:
 ``none``/``None``/``null`` set any field to None (placeholders included),
-booleans also take ``yes``/``no``, and every failure is a one-line
-``ValueError`` that names the file, key or value. The sweep launcher loads
-every run's config through here to validate a study before starting any run.
+booleans take true/false, yes/no or 1/0 in any case and nothing else (as in
+the config argument: ``configs.default.parse_bool``; absl alone also takes
+t/f), and every failure is a one-line ``ValueError`` that names the file, key
+or value. The sweep launcher loads every run's config through here to
+validate a study before starting any run.
 
 Config files do ``from configs import ...``: the repository root must be
 importable, as it is whenever ``training`` is (``python train.py`` and
@@ -32,10 +34,10 @@ from absl import flags
 from ml_collections import ConfigDict, config_flags
 from ml_collections.config_flags import config_path, tuple_parser
 
+from configs.default import parse_bool
 from training.exits import EXIT_BAD_INPUT
 
 NONE_WORDS = ("None", "none", "null")  # an override with one of these sets the field to None
-BOOLEAN_WORDS = {"yes": "true", "no": "false"}  # besides absl's true/false, t/f, 1/0
 # config_flags imports the file as this module (flag name + "_config"), reusing the module
 # object of the previous file if one is left in sys.modules.
 _CONFIG_MODULE = "config_config"
@@ -102,12 +104,7 @@ def load_config(path_with_arg: str, overrides: dict[str, str] | None = None) -> 
 def _parse_override(flag: flags.Flag, text: str) -> None:
     """Parses ``text`` with the field's type (config_flags' parser) and sets the field."""
     if isinstance(flag.parser, flags.BooleanParser):
-        word = BOOLEAN_WORDS.get(text.lower(), text)
-        try:
-            flag.parser.parse(word)
-        except ValueError:
-            raise ValueError(f"expected true or false, got {text!r}") from None
-        text = word
+        text = "true" if parse_bool(text) else "false"
     if isinstance(flag.parser, tuple_parser.TupleParser):
         try:  # TupleParser would make a bare word (a typo for a number) the tuple ('word',)
             ast.literal_eval(text)

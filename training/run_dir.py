@@ -9,20 +9,36 @@ that every logged step appears exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
 import os
+import secrets
+import stat
 import sys
-import tempfile
 from collections.abc import Iterable
 from typing import Any
 
 
+def _create_new(path: str) -> int:
+    """A new file, opened for writing, with mode 0o666 less the process umask (as ``open``).
+
+    The kernel applies the umask (and a default ACL), so teammates read a run
+    as they read ``metrics.jsonl``; ``tempfile.mkstemp`` would make it 0600.
+    """
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                   0o666)
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes JSON to ``path`` atomically (temporary file in the same directory + rename)."""
+    """Writes JSON to ``path`` atomically (temporary file in the same directory + rename).
+
+    The file gets the mode a plain ``open(path, "w")`` would give it.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}.json")
+    fd = _create_new(tmp)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
@@ -66,6 +82,9 @@ class MetricsLog:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.workdir, self.is_writer = workdir, is_writer
         self._tb = None
+        # Set by truncate_after on resume: TensorBoard drops the earlier event files'
+        # scalars from this step on, as the truncation dropped their metrics lines.
+        self._purge_step: int | None = None
 
     def read(self, *, warn: bool = False) -> list[dict]:
         """Every readable line, in file order; unreadable ones are skipped.
@@ -98,17 +117,32 @@ class MetricsLog:
         Lines after the checkpoint are dropped (a resumed run logs them again);
         unreadable lines are dropped with a warning, and every readable line
         before the checkpoint is kept, in step order (the last of a step logged twice).
+        The file keeps its mode, and the TensorBoard events written from now on
+        start with a purge of the steps after ``step`` (``purge_step``).
         """
         if not self.is_writer or not os.path.exists(self.path):
             return
+        self._purge_step = step + 1
+        self.close()  # the next append opens a writer that purges
         by_step = {line["step"]: line for line in self.read(warn=True) if line["step"] <= step}
         keep = [by_step[s] for s in sorted(by_step)]
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)  # left by a kill during an earlier truncation
+        mode = stat.S_IMODE(os.stat(self.path).st_mode)
+        with os.fdopen(_create_new(tmp), "w") as f:
+            os.fchmod(f.fileno(), mode)
             f.writelines(json.dumps(line) + "\n" for line in keep)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        """Writes out the TensorBoard events still queued (tensorboardX writes them from
+        a background thread, at most every two minutes, and on close)."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
     def last_value(self, key: str, default: Any) -> Any:
         lines = self.read()
@@ -124,7 +158,7 @@ class MetricsLog:
         if self._tb is None:
             from tensorboardX import SummaryWriter  # noqa: PLC0415
 
-            self._tb = SummaryWriter(self.workdir)
+            self._tb = SummaryWriter(self.workdir, purge_step=self._purge_step)
         for k, v in line.items():
             if k != "step" and isinstance(v, int | float):
                 self._tb.add_scalar(k, v, line["step"])
@@ -179,7 +213,10 @@ class RunDir:
         self._lock_fd = fd
 
     def close(self) -> None:
-        """Releases the directory's lock."""
+        """Writes out the queued TensorBoard events and releases the directory's lock."""
+        # The events mirror metrics.jsonl: a full disk must not hide what stopped the run.
+        with contextlib.suppress(OSError):
+            self.metrics.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
