@@ -5,19 +5,28 @@
 
 The runs are the config file's ``sweep(add, arg)`` list (big_vision style),
 times the product of the ``--sweep`` lists. Each run is one ``train.py``
-subprocess on ``STUDY/<name>``, where the name is made of its swept values.
+subprocess on ``STUDY/<name>``, where the name is made of its swept values;
+its output goes to ``STUDY/<name>/train.log``. Paths in the commands are
+absolute (the config file's is resolved against the working directory once,
+in ``plan``), so ``--dry-run``'s commands run from any directory.
 Finished (and diverged) runs are skipped and interrupted ones resume, so
 re-running the same command after a crash finishes the study. A failing run
 does not stop the others. A lock file per run directory keeps two launchers
 from training the same run at once (and each trainer locks its run directory
 itself); trainers die with the launcher (``exits.die_with_parent``). The
 report is written at the end.
+
+The console (``sweep_console.Console``) follows the trainers' logs (their ``step N/M``
+lines): on a terminal one tqdm bar over the study's steps; otherwise plain
+lines, ``[start] NAME (log: PATH)``, a few ``[progress]`` lines per run and
+``[finished] NAME (N s)``, each printed when it happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import hashlib
 import itertools
 import json
@@ -28,11 +37,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 
 import train
+from experiments.sweep_console import Console, say
 from training import command_line, exits
 from training.run_dir import read_json, record_failure, write_json_atomic
 
@@ -40,6 +49,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE = ("finished", "diverged")
 MAX_NAME = 120
 STALE_UNREADABLE_LOCK_S = 60
+HAS_PARENT_DEATH_SIGNAL = sys.platform.startswith("linux")  # see exits.die_with_parent
 
 
 @dataclass
@@ -48,16 +58,6 @@ class Run:
     overrides: dict[str, str]  # swept values, as command-line strings
     workdir: str
     command: list[str] = field(default_factory=list)
-
-
-_PRINT_LOCK = threading.Lock()
-
-
-def say(text: str) -> None:
-    """One whole line to stdout, even from worker threads."""
-    with _PRINT_LOCK:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
 
 
 def _value_text(v) -> str:
@@ -105,10 +105,31 @@ def run_name(overrides: dict[str, str]) -> str:
     return name
 
 
+def absolute_config(config_path: str) -> str:
+    """'configs/x.py:ARG' -> '/abs/.../configs/x.py:ARG', resolved against the cwd.
+
+    An absolute path that holds a ':' (which would start the argument) is
+    given relative to the repository instead, where the launcher runs trainers.
+    """
+    path, arg = command_line.split_config_arg(config_path)
+    path = os.path.abspath(path)
+    if ":" in path:
+        path = os.path.relpath(path, REPO)
+        if ":" in path:
+            raise ValueError(f"the config file's path {path!r} must not contain ':'")
+    return path if arg is None else f"{path}:{arg}"
+
+
 def plan(config_path: str, workdir: str, global_overrides: dict[str, str],
          swept: list[tuple[str, list[str]]], python: str, train_script: str) -> list[Run]:
-    """Expands, names and validates every run (its config must load) before any compute."""
+    """Expands, names and validates every run (its config must load) before any compute.
+
+    Each run's command names every file by its absolute path (the config file
+    resolved against the working directory): it runs from any directory.
+    """
     study = os.path.realpath(workdir)
+    config_arg = absolute_config(config_path)
+    train_script = os.path.abspath(train_script)
     runs, seen = [], set()
     for overrides in expand(config_path, swept):
         config = command_line.load_config(config_path, {**global_overrides, **overrides})
@@ -120,18 +141,23 @@ def plan(config_path: str, workdir: str, global_overrides: dict[str, str],
         run_dir = os.path.realpath(os.path.join(study, name))
         if os.path.dirname(run_dir) != study:
             raise ValueError(f"run name {name!r} would leave the study directory")
-        command = [python, train_script, "--config", config_path, "--workdir", run_dir]
+        command = [python, train_script, "--config", config_arg, "--workdir", run_dir]
         command += [f"--config.{k}={v}" for k, v in {**global_overrides, **overrides}.items()]
         runs.append(Run(name, overrides, run_dir, command))
     return runs
 
 
-def status_of(run_dir: str) -> str | None:
-    path = os.path.join(run_dir, "summary.json")
+def read_summary(run_dir: str) -> dict:
+    """The run's summary.json; {} when it has none (or an unreadable one)."""
     try:
-        return read_json(path).get("status")
+        summary = read_json(os.path.join(run_dir, "summary.json"))
     except (OSError, ValueError):
-        return None
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def status_of(run_dir: str) -> str | None:
+    return read_summary(run_dir).get("status")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -180,8 +206,9 @@ def release_lock(run_dir: str) -> None:
 class Launcher:
     """Runs the planned runs in worker subprocesses and records what happened."""
 
-    def __init__(self, runs: list[Run], workers: int):
+    def __init__(self, runs: list[Run], workers: int, console: Console | None = None):
         self.runs, self.workers = runs, workers
+        self.console = Console(len(runs)) if console is None else console
         self.children: set[subprocess.Popen] = set()
         self.stopping = False
         self.devices = self._devices()
@@ -211,8 +238,15 @@ class Launcher:
         try:
             log_path = os.path.join(run.workdir, "train.log")
             with open(log_path, "a") as log:
+                checkpoints = os.path.join(run.workdir, "checkpoints")
+                resumed = os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
+                self.console.started(run.name, log_path, log.tell(), resumed)
+                say(f"[start] {run.name} (log: {log_path})")
+                # Off Linux there is no parent-death signal: each trainer gets a process
+                # group of its own, which ``launch`` ends when the launcher stops.
                 proc = subprocess.Popen(run.command, cwd=REPO, stdout=log,
-                                        stderr=subprocess.PIPE, text=True, env=self._env(slot))
+                                        stderr=subprocess.PIPE, text=True, env=self._env(slot),
+                                        start_new_session=not HAS_PARENT_DEATH_SIGNAL)
                 self.children.add(proc)
                 _, err = proc.communicate()
                 self.children.discard(proc)
@@ -243,34 +277,53 @@ class Launcher:
         results: dict[str, list[tuple[str, str]]] = {}
         todo = []
         for run in self.runs:
-            status = status_of(run.workdir)
+            summary = read_summary(run.workdir)
+            status = summary.get("status")
             if status in DONE:
                 say(f"[skip] {run.name}: already {status}")
                 results.setdefault(status, []).append((run.name, ""))
+                steps = summary.get("steps", summary.get("last_logged_step"))
+                self.console.skipped(run.name, steps if isinstance(steps, int) else None)
             else:
                 todo.append(run)
         old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.console.start()
         try:
             with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
                 futures = {}
                 for i, run in enumerate(todo):
                     futures[pool.submit(self._timed, run, i % self.workers)] = run
                 for fut in concurrent.futures.as_completed(futures):
-                    run = futures[fut]
-                    status, detail, seconds = fut.result()
-                    results.setdefault(status, []).append((run.name, detail))
-                    extra = f": {detail}" if detail and status != "finished" else ""
-                    say(f"[{status}] {run.name} ({seconds:.0f} s){extra}")
+                    status, detail = fut.result()
+                    results.setdefault(status, []).append((futures[fut].name, detail))
         finally:
+            self.console.close()
             for s, handler in old.items():
                 signal.signal(s, handler)
+            self._end_children()
         return results
 
-    def _timed(self, run: Run, slot: int):
-        say(f"[start] {run.name}")
+    def _end_children(self) -> None:
+        """SIGTERM to trainers still running when the launcher leaves (an exception)."""
+        for child in list(self.children):
+            with contextlib.suppress(OSError):
+                if HAS_PARENT_DEATH_SIGNAL:
+                    child.terminate()
+                else:
+                    os.killpg(child.pid, signal.SIGTERM)
+
+    def _timed(self, run: Run, slot: int) -> tuple[str, str]:
+        """Runs one run and says how it ended, before this worker takes the next."""
         t = time.time()
-        status, detail = self.run_one(run, slot)
-        return status, detail, time.time() - t
+        try:
+            status, detail = self.run_one(run, slot)
+        except BaseException:
+            self.console.finished(run.name, "failed")
+            raise
+        self.console.finished(run.name, status)
+        extra = f": {detail}" if detail and status != "finished" else ""
+        say(f"[{status}] {run.name} ({time.time() - t:.0f} s){extra}")
+        return status, detail
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -1,4 +1,5 @@
-"""Tests of the sweep launcher: expansion, names, dry run, skip/resume, failures, locks."""
+"""Tests of the sweep launcher: expansion, names, dry run, skip/resume, failures, locks,
+what the console shows."""
 
 import json
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import sweep
+from experiments import sweep, sweep_console
 
 STUDY_CONFIG = textwrap.dedent('''
     """A tiny study for tests."""
@@ -25,8 +26,9 @@ STUDY_CONFIG = textwrap.dedent('''
                 add(**{"model.depth": depth, "model.plain": plain})
 ''')
 
-# Stands in for train.py in launcher tests: records its arguments, writes summary.json,
-# and fails for depth 56 plain nets.
+# Stands in for train.py in launcher tests: records its arguments, prints a start-up line
+# and two progress lines as train.py does off a terminal, writes summary.json, and fails
+# for depth 56 plain nets.
 FAKE_TRAIN = textwrap.dedent('''
     import json, os, sys
     args = sys.argv[1:]
@@ -34,6 +36,9 @@ FAKE_TRAIN = textwrap.dedent('''
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "calls.txt"), "a") as f:
         f.write(" ".join(args) + "\\n")
+    print("data: fake")
+    print("step 1/2 loss=0.5 err=0.1 img/s=10")
+    print("step 2/2 loss=0.4 err=0.0 img/s=10")
     if "--config.model.depth=56" in args and "--config.model.plain=True" in args:
         print("error: boom", file=sys.stderr)
         sys.exit(1)
@@ -115,6 +120,97 @@ def test_failures_do_not_stop_the_study_and_finished_runs_are_skipped(files, tmp
         "depth=20,plain=True"
 
 
+def test_off_a_terminal_each_run_names_its_log_and_ends_before_the_next_starts(files,
+                                                                             tmp_path):
+    config, fake = files
+    study = tmp_path / "study"
+    out = _launch(config, fake, study)  # one worker: the runs go one after the other
+    names = ["depth=20,plain=True", "depth=56,plain=True", "depth=20,plain=False",
+             "depth=56,plain=False"]
+    ends = ["[finished]", "[failed]", "[finished]", "[finished]"]
+    events = [line.split(" ", 2)[:2] for line in out.stdout.splitlines()
+              if line.startswith("[") and not line.startswith("[progress]")]
+    assert events == [e for name, end in zip(names, ends, strict=True)
+                      for e in (["[start]", name], [end, name])], out.stdout
+    for name in names:
+        log = os.path.join(os.path.realpath(study), name, "train.log")
+        assert f"[start] {name} (log: {log})\n" in out.stdout
+        assert "step 2/2 loss=0.4" in Path(log).read_text()
+
+
+def test_the_log_reader_takes_the_last_whole_step_line_of_the_new_bytes(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("step 40/40 loss=0.1\n")  # an earlier attempt's, before the launch
+    tail = sweep_console.LogTail(str(log), offset=log.stat().st_size)
+    assert not tail.poll() and tail.step is None
+    _append(log, "data: digits\ncompiling ...\nresuming from step 10\nstep 15/40 loss=0.5\n"
+                 "warning: step 99/100\nstep 20/40 loss=0.4 err=0.1\nstep 2")
+    assert tail.poll()
+    assert (tail.step, tail.total, tail.line) == (20, 40, "step 20/40 loss=0.4 err=0.1")
+    assert not tail.poll()  # nothing new: the unfinished line waits for its newline
+    _append(log, "5/40 loss=0.3\n")
+    assert tail.poll() and (tail.step, tail.total) == (25, 40)
+
+
+def _append(path, text):
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def test_off_a_terminal_a_run_gets_a_progress_line_at_each_quarter_and_every_10_min(tmp_path):
+    import io
+
+    now = [0.0]
+    out = io.StringIO()
+    console = sweep_console.Console(2, tty=False, stream=out, clock=lambda: now[0])
+    log = tmp_path / "train.log"
+    log.write_text("")
+    console.started("a", str(log), 0, resumed=False)
+    for step in (10, 20, 30, 40, 50, 60, 70, 80):  # one step a second
+        _append(log, f"step {step}/100 loss=1.0\n")
+        now[0] = step
+        console.poll()
+    _append(log, "step 85/100 loss=0.5\n")
+    now[0] = 80 + sweep_console.REPORT_EVERY_S
+    console.poll()
+    assert out.getvalue().splitlines() == [
+        "[progress] a: step 30/100 loss=1.0 (30%, ~70 s left)",
+        "[progress] a: step 50/100 loss=1.0 (50%, ~50 s left)",
+        "[progress] a: step 80/100 loss=1.0 (80%, ~20 s left)",
+        "[progress] a: step 85/100 loss=0.5 (85%, ~2 min left)"]
+    assert console.counts() == (85, 200)  # the run not yet started counts as long as 'a'
+    console.finished("a", "finished")
+    assert console.counts() == (100, 200)
+
+
+def test_on_a_terminal_one_bar_counts_the_study_steps_and_lines_go_above_it(tmp_path):
+    import io
+
+    out = io.StringIO()
+    console = sweep_console.Console(3, tty=True, stream=out)
+    console.skipped("done", 100)
+    log = tmp_path / "train.log"
+    log.write_text("")
+    console.started("b", str(log), 0, resumed=True)
+    console.start()
+    try:
+        assert console.counts() == (100, 300)
+        _append(log, "resuming from step 30\nstep 40/50 loss=1.0\n")
+        console.poll()
+        assert console.counts() == (140, 225)  # the third run: as long as the mean, 75
+        assert console.bar.initial == 140  # done before this launcher: not in the speed
+        sweep_console.say("[start] c (log: c/train.log)")
+        shown = str(console.bar)
+        assert shown.startswith("1/3 runs:  62%") and "140/225" in shown, shown
+        assert shown.endswith("b 40/50]"), shown
+        console.finished("b", "failed")  # a failed run counts the steps it did
+        assert console.counts() == (140, 215)
+    finally:
+        console.close()
+    assert "[start] c (log: c/train.log)\n" in out.getvalue()
+    assert sweep_console._CONSOLE is None
+
+
 def test_a_live_lock_skips_the_run_and_a_stale_one_is_taken_over(files, tmp_path):
     config, fake = files
     study = tmp_path / "study"
@@ -157,21 +253,46 @@ def test_bad_input_is_one_error_line(tmp_path, args, message):
     assert not (tmp_path / "s").exists()
 
 
-def test_real_sweep_runs_train_py_and_writes_the_report(tmp_path):
-    study = tmp_path / "study"
+def test_dry_run_commands_and_the_launcher_work_from_any_directory(tmp_path):
+    """A config path relative to a directory outside the repository, with its :ARG."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    config = os.path.relpath(os.path.join(sweep.REPO, "configs", "digits.py"), here)
     tiny = ["--config.model.widths=(4,8,16)", "--config.batch_size=32",
             "--config.num_steps=4", "--config.log_every_steps=2",
             "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4"]
-    out = subprocess.run([sys.executable, "-m", "experiments.sweep",
-                          "configs/digits.py:resnet-8", "--workdir", str(study),
-                          "--sweep", "model.plain=True,False", *tiny],
-                         capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "experiments.sweep", f"{config}:resnet-8", "--workdir", "study",
+           "--sweep", "model.plain=True,False", *tiny]
+    env = {**os.environ, "PYTHONPATH": sweep.REPO}
+    dry = subprocess.run([*cmd, "--dry-run"], cwd=here, env=env, capture_output=True,
+                         text=True)
+    assert dry.returncode == 0, dry.stderr
+    commands = [shlex.split(line) for line in dry.stdout.splitlines()]
+    study = os.path.realpath(here / "study")
+    assert len(commands) == 2
+    for args in commands:
+        path, arg = args[args.index("--config") + 1].rsplit(":", 1)
+        assert os.path.isabs(path) and os.path.isfile(path) and arg == "resnet-8"
+        assert os.path.isabs(args[0]) and os.path.isabs(args[1])
+        assert os.path.dirname(args[args.index("--workdir") + 1]) == study
+        assert set(tiny) <= set(args)
+    assert not os.path.exists(study)
+    env_without = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    first = subprocess.run(commands[0], cwd=elsewhere, env=env_without, capture_output=True,
+                           text=True)  # a printed command, run from yet another directory
+    assert first.returncode == 0, first.stdout + first.stderr
+    # The launcher, started where the dry run was: it runs its trainers in the repository,
+    # so the config path it gives them must not depend on where it was started.
+    out = subprocess.run(cmd, cwd=here, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "[skip] plain=True: already finished" in out.stdout
+    assert f"[start] plain=False (log: {study}/plain=False/train.log)" in out.stdout
     for name in ("plain=True", "plain=False"):
-        summary = json.loads((study / name / "summary.json").read_text())
+        summary = json.loads(Path(study, name, "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == 4
-    assert (study / "results.md").exists() and (study / "curves.png").exists()
-    assert "plain-8" in Path(study / "results.md").read_text()
+    assert Path(study, "results.md").exists() and Path(study, "curves.png").exists()
+    assert "plain-8" in Path(study, "results.md").read_text()
 
 
 def _alive(pid):
