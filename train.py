@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 import time
 
@@ -85,7 +86,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     with exits.StopSignals() as stop:
         mesh = parallel.make_mesh()
         validate_config(config, mesh.devices.size)
+        done = run_dir.finished_summary(workdir, config.to_dict())
+        if done is not None:
+            progress.say(f"already finished: {workdir} (step {done.get('steps')}, final test "
+                         f"error {_percent(done.get('final_test_error'))}); nothing to do")
+            return done
+        progress.say(f"loading {config.dataset} ...")
         feed = feeds.make_feed(config, mesh)
+        progress.say(f"data: {config.dataset}, {feed.num_train:,} training examples "
+                     f"({'in memory' if isinstance(feed, feeds.InMemoryFeed) else 'streamed'})")
         sched = schedule.derive_schedule(config, feed.num_train)
         if config.finetune.from_run is not None and not checkpoints.checkpoint_steps(workdir):
             finetune.source_step(config)  # a resumed fine-tuning run never reads it again
@@ -113,8 +122,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
     if not ckpt.all_steps() and config.finetune.from_run is not None:
         params, batch_stats = finetune.import_source(config, state.params, state.batch_stats)
         state = state.replace(params=params, batch_stats=batch_stats)
-    _, state = ckpt.restore_newest(replicate(state, mesh))
+    restored, state = ckpt.restore_newest(replicate(state, mesh))
     start = int(state.step)
+    if restored is not None:
+        progress.say(f"resuming from step {start} of {sched.total_steps} "
+                     f"(checkpoint {os.path.join(workdir, 'checkpoints', str(restored))})")
     run.metrics.truncate_after(start)
     elapsed_before = run.metrics.last_value("elapsed_s", 0.0)
 
@@ -133,6 +145,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
             ckpt.wait()
         return max(checkpoints.checkpoint_steps(workdir), default=None)
 
+    if start < sched.total_steps:
+        progress.say(f"compiling the training step of {models.spec_from_config(config.model).name}"
+                     f" ({num_params:,} parameters); the first log line follows at step "
+                     f"{min(start + config.log_every_steps, sched.total_steps)}")
     bar = progress.Progress(sched.total_steps, start, config.log_every_steps)
     t0, t_log, step = time.time(), time.time(), start
     while step < sched.total_steps:
@@ -188,6 +204,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
     with exits.writing("summary", step, last_checkpoint):
         run.write_json("summary.json", summary)
     return summary
+
+
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.2f}%"
 
 
 def main(argv: list[str] | None = None) -> int:

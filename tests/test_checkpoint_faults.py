@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY, read_metrics, tiny_config, train_cmd
 
 import train
-from training import checkpoints, exits, run_dir
+from training import checkpoints, exits, run_dir, tb_events
 
 TIMING = ("images_per_sec", "elapsed_s")
 
@@ -109,17 +109,20 @@ def test_when_no_checkpoint_restores_it_is_one_error_line_and_nothing_is_moved(
     ("checkpoint", ValueError('RESOURCE_EXHAUSTED: Error writing "params.stem" in OCDBT')),
     ("checkpoint", Exception("PERMISSION_DENIED: Error opening file")),
     ("metrics line", OSError(errno.EDQUOT, "Disk quota exceeded")),
+    ("event file", OSError(errno.ENOSPC, "No space left on device")),
 ])
 def test_a_failed_write_is_exit_4_with_one_line_and_the_rerun_ends_as_if_uninterrupted(
         tmp_path, monkeypatch, capsys, uninterrupted, what, error):
-    target, method = ((checkpoints.Checkpointer, "save") if what == "checkpoint"
-                      else (run_dir.MetricsLog, "append"))
+    target, method = {"checkpoint": (checkpoints.Checkpointer, "save"),
+                      "metrics line": (run_dir.MetricsLog, "append"),
+                      "event file": (tb_events.EventFile, "scalars")}[what]
     real = _fail_at(monkeypatch, target, method, 15, error)
     argv = _argv(tmp_path)
     capsys.readouterr()
     assert train.main(argv) == exits.EXIT_WRITE_FAILED
     err = [e for e in capsys.readouterr().err.splitlines() if e.strip()]
-    assert len(err) == 1 and err[0].startswith(f"error: cannot write the {what} "), err
+    written = "metrics line" if what == "event file" else what  # its TensorBoard mirror
+    assert len(err) == 1 and err[0].startswith(f"error: cannot write the {written} "), err
     assert "training stopped at step 15" in err[0] and str(error).split(":")[0] in err[0]
     assert "the last complete checkpoint (step 10) is intact" in err[0]
     assert "internal error" not in err[0]

@@ -41,6 +41,7 @@ def test_a_torn_metrics_line_loses_no_other_line_on_resume(tmp_path, capsys):
     lines = path.read_text().splitlines()
     lines[1] = lines[1][: len(lines[1]) // 2]  # step 10, an evaluation line, cut in half
     _write_lines(path, lines)
+    (tmp_path / "summary.json").unlink()  # a stopped run, not a finished one
     capsys.readouterr()
     summary = train.train_and_evaluate(config, str(tmp_path))
     err = [e for e in capsys.readouterr().err.splitlines() if e.startswith("warning")]

@@ -1,5 +1,6 @@
 """Tests of the training engine: run files, resume after a kill, BatchNorm modes, TFDS path."""
 
+import json
 import os
 import signal
 import subprocess
@@ -120,8 +121,36 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_finishes(tmp_path):
     assert read_metrics(tmp_path)[-1]["step"] == saved[-1]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    said = out.stdout.splitlines()
+    assert said[:4] == [
+        "loading digits ...", "data: digits, 1,437 training examples (in memory)",
+        f"resuming from step {saved[-1]} of 400 "
+        f"(checkpoint {tmp_path / 'checkpoints' / str(saved[-1])})",
+        f"compiling the training step of resnet-14 ({said[3].split('(')[1].split()[0]} "
+        f"parameters); the first log line follows at step {saved[-1] + 5}"], said[:5]
+    assert said[4].startswith(f"step {saved[-1] + 5}/400 ")
     steps = [m["step"] for m in read_metrics(tmp_path)]
     assert steps == list(range(5, 401, 5))  # every logged step exactly once
+
+
+def test_a_finished_run_run_again_says_so_and_writes_nothing(tmp_path, capsys):
+    argv = ["--config", "configs/digits.py:resnet-14", "--workdir", str(tmp_path),
+            *[f"--config.{k}={v}" for k, v in TINY.items()]]
+    assert train.main(argv) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert first[0] == "loading digits ..." and not any("resuming" in x for x in first)
+    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*")
+             if p.is_file()}
+    assert train.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    summary = load_json(tmp_path / "summary.json")
+    assert out[0] == (f"already finished: {tmp_path} (step 20, final test error "
+                      f"{100 * summary['final_test_error']:.2f}%); nothing to do")
+    assert json.loads(out[1]) == summary and len(out) == 2
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*")
+            if p.is_file()} == files
+    # another config is not "finished": it is refused as before
+    assert train.main([*argv, "--config.num_steps=30"]) == 2
 
 
 def _losses(workdir, devices, batch_norm):

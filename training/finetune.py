@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 import models
-from training import checkpoints, param_paths, run_dir
+from training import checkpoints, param_paths, progress, run_dir
 
 HEAD = "head"
 
@@ -204,4 +204,22 @@ def import_source(config: ml_collections.ConfigDict, params: Any,
             return new
         return np.asarray(flat[path]).astype(new.dtype)
 
-    return param_paths.map_with_names(take, params), param_paths.map_with_names(take, batch_stats)
+    params, batch_stats = (param_paths.map_with_names(take, params),
+                           param_paths.map_with_names(take, batch_stats))
+    progress.say(describe(config, params, step))
+    return params, batch_stats
+
+
+def describe(config: ml_collections.ConfigDict, params: Any, step: int) -> str:
+    """One line: what a fine-tuning run loaded from its source and what it froze."""
+    paths = []
+    param_paths.map_with_names(lambda path, _: paths.append(path), params)
+    is_frozen = frozen_predicate_of(config)
+    loaded = sum(p[0] != HEAD for p in paths)
+    frozen = sum(is_frozen(p) for p in paths)
+    freeze = config.finetune.freeze
+    what = (f"froze {freeze} ({frozen} parameter arrays; their BatchNorm runs in inference mode)"
+            if freezes(freeze) else "nothing frozen")
+    return (f"fine-tuning from {config.finetune.from_run} (checkpoint {step}): loaded "
+            f"{loaded} of {len(paths)} parameter arrays and the BatchNorm statistics; the "
+            f"classifier head starts fresh; {what}")

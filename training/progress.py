@@ -1,12 +1,24 @@
-"""What a run shows on the console while it trains: a tqdm bar, or one line per log step.
+"""What a run shows on the console: what it is doing, then a tqdm bar or one line per log step.
 
-A terminal gets a live bar; a log file (a sweep's ``train.log``, a batch
-job) gets plain lines, one per logged step.
+Before the first step a run says what it is doing (loading data, resuming,
+compiling), since start-up and compilation take a while; ``say`` prints
+those lines. While it trains, a terminal gets a live bar; a log file (a
+sweep's ``train.log``, a batch job) gets plain lines, one per logged step
+(``step N/M ...``, which the sweep launcher reads for its own progress).
+Everything goes to stdout (stderr is for warnings and errors), from process 0.
 """
 
 from __future__ import annotations
 
 import sys
+
+import jax
+
+
+def say(text: str) -> None:
+    """One status line on stdout, from the first process only."""
+    if jax.process_index() == 0:
+        print(text, flush=True)
 
 
 class Progress:

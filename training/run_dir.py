@@ -20,6 +20,8 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from training import tb_events
+
 
 def _create_new(path: str) -> int:
     """A new file, opened for writing, with mode 0o666 less the process umask (as ``open``).
@@ -138,8 +140,7 @@ class MetricsLog:
         os.replace(tmp, self.path)
 
     def close(self) -> None:
-        """Writes out the TensorBoard events still queued (tensorboardX writes them from
-        a background thread, at most every two minutes, and on close)."""
+        """Closes the TensorBoard event file (each log line's events are already on disk)."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -156,13 +157,9 @@ class MetricsLog:
             f.flush()
             os.fsync(f.fileno())
         if self._tb is None:
-            from tensorboardX import SummaryWriter  # noqa: PLC0415
-
-            self._tb = SummaryWriter(self.workdir, purge_step=self._purge_step)
-        for k, v in line.items():
-            if k != "step" and isinstance(v, int | float):
-                self._tb.add_scalar(k, v, line["step"])
-        self._tb.flush()
+            self._tb = tb_events.EventFile(self.workdir, purge_step=self._purge_step)
+        self._tb.scalars(line["step"], {k: v for k, v in line.items()
+                                        if k != "step" and isinstance(v, int | float)})
 
 
 class RunDir:
@@ -224,6 +221,21 @@ class RunDir:
     def write_json(self, name: str, obj: Any) -> None:
         if self.is_writer:
             write_json_atomic(os.path.join(self.workdir, name), obj)
+
+
+def finished_summary(workdir: str, config: dict) -> dict | None:
+    """The summary of a run that already finished with this config; None otherwise.
+
+    Running a finished run again then writes nothing (its config.json and
+    summary.json keep their bytes and times).
+    """
+    try:
+        summary = read_json(os.path.join(workdir, "summary.json"))
+        same = not config_differences(read_json(os.path.join(workdir, "config.json")), config)
+    except (OSError, ValueError):
+        return None
+    return summary if same and isinstance(summary, dict) and \
+        summary.get("status") == "finished" else None
 
 
 def summarize(lines: Iterable[dict], **fields: Any) -> dict:
