@@ -75,10 +75,21 @@ def test_import_copies_every_parameter_and_statistic_but_the_head(source):
     ("all", ("stem", "0", "1", "2")),  # a linear classifier on frozen features
     ("stage1", ("stem", "0")),
 ])
-def test_frozen_layers_stay_bit_identical_and_the_rest_trains(tmp_path, source, freeze, frozen):
+def test_frozen_layers_stay_bit_identical_and_the_rest_trains(tmp_path, source, freeze, frozen,
+                                                             capsys):
     config = _finetune_config(source, **{"finetune.freeze": freeze})
+    capsys.readouterr()
     train.train_and_evaluate(config, str(tmp_path))
     before, after = _checkpoint(source), _checkpoint(tmp_path)
+    # the run says what it loaded and froze: counted from the checkpoint's own tree
+    params = {k for k in after if k[0] == "params"}
+    loaded = sum(k[1] != "head" for k in params)
+    num_frozen = sum((k[1] if k[1] != "stages" else k[2]) in frozen for k in params)
+    said = [x for x in capsys.readouterr().out.splitlines() if x.startswith("fine-tuning")]
+    assert said == [f"fine-tuning from {source} (checkpoint 10): loaded {loaded} of "
+                    f"{len(params)} parameter arrays and the BatchNorm statistics; the "
+                    f"classifier head starts fresh; froze {freeze} ({num_frozen} parameter "
+                    "arrays; their BatchNorm runs in inference mode)"]
     for key, value in after.items():
         part, top = key[1], (key[1] if key[1] != "stages" else key[2])
         if part == "head":
