@@ -60,6 +60,16 @@ def padded_split(mesh, split: datasets.Split, batch_size: int) -> dict[str, jax.
     return {k: put(v, sharding) for k, v in host.items()}
 
 
+def seed_keys(seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(example order, augmentation) keys of a run: streams 1 and 2 of its ``seed``.
+
+    ``seed`` may be traced, so a pack of runs derives each run's keys inside
+    its one program (``training.pack``).
+    """
+    base = jax.random.key(seed)
+    return jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
+
+
 class InMemoryFeed:
     """digits / CIFAR: held on device; batches sampled, augmented and normalised inside jit."""
 
@@ -86,24 +96,27 @@ class InMemoryFeed:
             for name, split in (("test", data.test), ("val", data.val)) if split is not None
         }
         self.eval_names = tuple(self.eval_splits)
-        base = jax.random.key(config.seed)
-        self._order_key = jax.random.fold_in(base, 1)
-        self._augment_key = jax.random.fold_in(base, 2)
+        self._order_key, self._augment_key = seed_keys(config.seed)
         self._sharding = batch_sharded(mesh)
 
-    def train_batch(self, arrays: dict[str, Any], step: jax.Array) -> Batch:
+    def train_batch(self, arrays: dict[str, Any], step: jax.Array,
+                    keys: tuple[jax.Array, jax.Array] | None = None) -> Batch:
         """The batch of training step ``step``, a pure function of (seed, step), on device.
 
         With ``imbalance.counter='resample'`` batches are class-balanced.
+        ``keys`` (``seed_keys`` of another seed, possibly traced) replaces the
+        config's: a pack of runs (``training.pack``) draws each run's batch
+        from its own seed out of the one copy of the data.
         """
         config = self.config
+        order_key, augment_key = (self._order_key, self._augment_key) if keys is None else keys
         if "class_index" in arrays:
-            idx = sampling.balanced_batch_indices(self._order_key, step, arrays["class_index"],
+            idx = sampling.balanced_batch_indices(order_key, step, arrays["class_index"],
                                                   config.batch_size)
         else:
-            idx = sampling.batch_indices(self._order_key, step, self.num_train, config.batch_size)
+            idx = sampling.batch_indices(order_key, step, self.num_train, config.batch_size)
         idx = jax.lax.with_sharding_constraint(idx, self._sharding)
-        x = augment.train_inputs(jax.random.fold_in(self._augment_key, step),
+        x = augment.train_inputs(jax.random.fold_in(augment_key, step),
                                  arrays["image"][idx], config.augment, arrays["stats"])
         return {"image": x, "label": arrays["label"][idx]}
 

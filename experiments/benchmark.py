@@ -13,20 +13,28 @@ images of its shape held on device (no download; in-memory feed), so CIFAR and
 ImageNet networks can be timed anywhere. With a streamed dataset (ImageNet) it
 also reports the share of the step time spent waiting for input.
 
+``--pack K`` times K runs of the network as one pack (``training.pack``: seeds
+``seed`` .. ``seed + K - 1``, one jitted step advancing all K, each with its own
+batch; ``--pack-strategy`` vmap or map, default per backend);
+``images_per_sec`` then counts every run's images, so it compares directly
+with a lone run's (``--pack 1`` times the pack's own path with one run).
+
 ``--conv-bound`` also times the network's convolutions alone (forward and both
 backward convolutions, the same shapes, each distinct one timed by itself and
 summed over the layers): the floor that XLA's convolution kernels put under
 the step, and the step time as a multiple of it.
 
 Prints a table, then one JSON line: model, batch_size, devices, device_kind,
-compile_s, step_ms (median), images_per_sec, flops_per_image (training: 3x the
-forward multiply-adds x 2), achieved_tflops, input_wait_fraction[, conv_ms,
-step_over_conv].
+compile_s, step_ms (median; a pack's step advances all its runs),
+images_per_sec, flops_per_image (training: 3x the forward multiply-adds x 2),
+achieved_tflops, input_wait_fraction, pack (K, or null for a lone run)[,
+pack_strategy][, conv_ms (a pack: K times one run's), step_over_conv].
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import statistics
@@ -44,7 +52,7 @@ from data import datasets, feeds
 from data.device import replicate
 from models import conv
 from models.summary import iter_eqns, module_macs
-from training import command_line, dispatch, parallel, schedule, steps
+from training import command_line, dispatch, pack, parallel, schedule, steps
 from training.compile_options import jit
 
 
@@ -138,8 +146,19 @@ def _time(fn, *args) -> float:
     return time.perf_counter() - t
 
 
+def pack_configs(config, runs: int) -> list:
+    """``runs`` copies of ``config`` with seeds ``seed``, ``seed + 1``, ...: a pack of seeds."""
+    configs = []
+    for i in range(runs):
+        c = copy.deepcopy(config)
+        c.seed = config.seed + i
+        configs.append(c)
+    return configs
+
+
 def benchmark(config, *, steps_per_chunk: int, repeats: int, synthetic: bool,
-              conv_bound: bool) -> dict:
+              conv_bound: bool, pack_runs: int | None = None,
+              pack_strategy: str | None = None) -> dict:
     mesh = parallel.make_mesh()
     config.log_every_steps = steps_per_chunk  # one timed chunk = one log interval of train.py
     config.num_steps = steps_per_chunk * (repeats + 1)
@@ -153,14 +172,27 @@ def benchmark(config, *, steps_per_chunk: int, repeats: int, synthetic: bool,
         image_shape = getattr(feed, "image_shape", None) or (
             config.augment.crop_size, config.augment.crop_size, 3)
     sched = schedule.derive_schedule(config, feed.num_train)
-    state = steps.create_train_state(config)
-    macs = forward_macs(state, image_shape)
-    state = replicate(state, mesh)
-    step_fn = parallel.data_parallel(
-        functools.partial(steps.train_step, config=config, sched=sched), mesh)
-    chunk = dispatch.make_train_chunk(feed, step_fn, log_every=steps_per_chunk,
+    if pack_runs is None:
+        state = steps.create_train_state(config)
+        macs = forward_macs(state, image_shape)
+        state = replicate(state, mesh)
+        step_fn = parallel.data_parallel(
+            functools.partial(steps.train_step, config=config, sched=sched), mesh)
+        chunk_feed = feed
+    else:
+        if not isinstance(feed, feeds.InMemoryFeed):
+            raise ValueError("--pack needs an in-memory dataset (digits, CIFAR) or --synthetic")
+        configs = pack_configs(config, pack_runs)
+        packed = pack.create_packed_state(configs)
+        macs = forward_macs(pack.unpack(packed, 0), image_shape)
+        state = replicate(packed, mesh)
+        pack_strategy = pack_strategy or pack.default_strategy()
+        step_fn = pack.make_packed_step(config, sched, mesh, strategy=pack_strategy)
+        chunk_feed = pack.PackedFeed(feed, [c.seed for c in configs])
+    runs = pack_runs or 1
+    chunk = dispatch.make_train_chunk(chunk_feed, step_fn, log_every=steps_per_chunk,
                                       total_steps=sched.total_steps, start_step=0,
-                                      loop_on_device=config.loop_on_device)
+                                      loop_on_device=config.loop_on_device, runs=pack_runs)
     t = time.perf_counter()
     state, sums = chunk(state, 0)
     jax.block_until_ready((state, sums))
@@ -174,7 +206,7 @@ def benchmark(config, *, steps_per_chunk: int, repeats: int, synthetic: bool,
         times.append(time.perf_counter() - t)
     chunk_s = statistics.median(times)
     step_s = chunk_s / steps_per_chunk
-    images_per_sec = config.batch_size / step_s
+    images_per_sec = runs * config.batch_size / step_s  # every run's images
     flops_per_image = 6 * macs
     result = {
         "model": models.spec_from_config(config.model).name,
@@ -196,10 +228,14 @@ def benchmark(config, *, steps_per_chunk: int, repeats: int, synthetic: bool,
         "achieved_tflops": round(flops_per_image * images_per_sec / 1e12, 4),
         "input_wait_fraction": round((feed.input_wait_s - wait_before) / sum(times), 4),
         "steps_timed": steps_per_chunk * repeats,
+        "pack": pack_runs,
     }
+    if pack_runs is not None:
+        result["pack_strategy"] = pack_strategy
     if conv_bound:
         x = jnp.zeros((config.batch_size // mesh.devices.size, *image_shape), jnp.float32)
-        conv_ms = conv_bound_ms(state, x, max(repeats, 5))
+        one = state if pack_runs is None else pack.unpack(state, 0)
+        conv_ms = runs * conv_bound_ms(one, x, max(repeats, 5))
         result["conv_ms"] = round(conv_ms, 3)
         result["step_over_conv"] = round(1e3 * step_s / conv_ms, 3)
     return result
@@ -220,9 +256,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     p.add_argument("--synthetic", action="store_true", help="random data of the dataset's shape")
     p.add_argument("--dtype", default=None, help="compute dtype: float32 | bfloat16")
     p.add_argument("--conv-bound", action="store_true", help="also time the convolutions alone")
+    p.add_argument("--pack", type=int, default=None, metavar="K",
+                   help="time K runs (seeds seed..seed+K-1) trained as one pack")
+    p.add_argument("--pack-strategy", choices=pack.STRATEGIES, default=None,
+                   help="how a pack runs its K steps (default: map on CPU, vmap elsewhere)")
     args, extra = p.parse_known_args(argv)
     if args.steps < 1 or args.repeats < 1:
         raise ValueError("--steps and --repeats must be >= 1")
+    if args.pack is not None and args.pack < 1:
+        raise ValueError(f"--pack must be >= 1, got {args.pack}")
+    if args.pack_strategy is not None and args.pack is None:
+        raise ValueError("--pack-strategy needs --pack K")
     overrides = command_line.parse_overrides(extra)
     if args.batch_size is not None:
         overrides["batch_size"] = str(args.batch_size)
@@ -236,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         config = command_line.load_config(args.config, overrides)
         result = benchmark(config, steps_per_chunk=args.steps, repeats=args.repeats,
-                           synthetic=args.synthetic, conv_bound=args.conv_bound)
+                           synthetic=args.synthetic, conv_bound=args.conv_bound,
+                           pack_runs=args.pack, pack_strategy=args.pack_strategy)
     except ValueError as e:
         return command_line.bad_input(e)
     print(render(result))

@@ -35,9 +35,12 @@ def steps_until_log(log_every: int, total: int, step: int) -> int:
     return min(log_every - step % log_every, total - step)
 
 
-def zero_sums(log_every: int) -> jax.Array:
-    """An empty chunk: (loss, error, steps) totals, then room for each step's loss."""
-    return jnp.zeros(3 + log_every)
+def zero_sums(log_every: int, runs: int | None = None) -> jax.Array:
+    """An empty chunk: (loss, error, steps) totals, then room for each step's loss.
+
+    A pack of ``runs`` runs (``training.pack``) gets one such row per run.
+    """
+    return jnp.zeros(3 + log_every if runs is None else (runs, 3 + log_every))
 
 
 def add_step(sums: jax.Array, metrics: dict[str, jax.Array]) -> jax.Array:
@@ -45,27 +48,36 @@ def add_step(sums: jax.Array, metrics: dict[str, jax.Array]) -> jax.Array:
 
     Step i of the chunk also writes its loss at 3 + i, so the log line can
     show the step-to-step spread (the gradient noise of the batch size) for
-    the price of one scalar store.
+    the price of one scalar store. Rows of a pack's sums take their run's
+    ``loss`` and ``error`` (vectors, one value per run).
     """
+    if sums.ndim == 2:
+        return jax.vmap(add_step)(sums, metrics)
     loss, error = metrics["loss"], metrics["error"]
     i = 3 + sums[2].astype(jnp.int32)
     return sums.at[i].set(loss).at[:3].add(jnp.stack([loss, error, 1.0]))
 
 
 def read_chunk_sums(sums: np.ndarray) -> tuple[float, float, int, list[float]]:
-    """(summed loss, summed error, steps, each step's loss) from ``add_step``'s vector."""
+    """(summed loss, summed error, steps, each step's loss) from ``add_step``'s vector.
+
+    For a pack, read each run's row: ``[read_chunk_sums(row) for row in sums]``.
+    """
     sums = np.asarray(sums)
     count = int(sums[2])
     return float(sums[0]), float(sums[1]), count, [float(v) for v in sums[3:3 + count]]
 
 
 def make_train_chunk(feed: Any, step_fn: StepFn, *, log_every: int, total_steps: int,
-                     start_step: int, loop_on_device: bool = True) -> Callable:
+                     start_step: int, loop_on_device: bool = True,
+                     runs: int | None = None) -> Callable:
     """``run(state, step) -> (state, sums)``: every step from ``step`` to the next log step.
 
     ``step_fn(state, batch) -> (state, metrics)`` is the (data-parallel) train
     step. ``start_step`` seeds a streaming feed's shuffle; in-memory batches
-    are pure functions of (seed, step) and do not need it.
+    are pure functions of (seed, step) and do not need it. With ``runs`` the
+    state is a pack of that many runs (``training.pack``) and the sums have
+    one row per run.
     """
     def one_step(state, source, sums):
         state, metrics = step_fn(state, feed.train_batch(source, state.step))
@@ -76,7 +88,7 @@ def make_train_chunk(feed: Any, step_fn: StepFn, *, log_every: int, total_steps:
         def chunk(state, arrays):
             n = jnp.minimum(log_every - state.step % log_every, total_steps - state.step)
             body = lambda _, carry: one_step(carry[0], arrays, carry[1])  # noqa: E731
-            return jax.lax.fori_loop(0, n, body, (state, zero_sums(log_every)))
+            return jax.lax.fori_loop(0, n, body, (state, zero_sums(log_every, runs)))
 
         chunk_fn = jit(chunk, donate_argnums=0)
         return lambda state, step: chunk_fn(state, feed.arrays)
@@ -85,7 +97,7 @@ def make_train_chunk(feed: Any, step_fn: StepFn, *, log_every: int, total_steps:
     next_source = (lambda: feed.arrays) if feed.arrays is not None else \
         feed.train_stream(start_step).__next__
     step_jit = jit(one_step, donate_argnums=(0, 2))
-    zeros = jit(lambda: zero_sums(log_every), out_shardings=replicated(feed.mesh))
+    zeros = jit(lambda: zero_sums(log_every, runs), out_shardings=replicated(feed.mesh))
 
     def run(state, step):
         sums = zeros()

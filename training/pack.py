@@ -1,0 +1,237 @@
+"""Packs: K runs of one network trained as one program, one jitted step advancing all K.
+
+Why: a small network (CIFAR ResNet-20 at batch 128, the digits study) does
+not fill a GPU, and every run compiles its own program; seeds and learning
+rate sweeps of one network share everything but a few numbers. A pack holds
+the K runs' ``TrainState``s stacked along a leading run axis (parameters,
+optimizer state, BatchNorm statistics, step counters) and steps them
+together, so K runs cost one compilation and, where the device has room,
+less than K times the time.
+
+What may differ inside a pack (``PACK_KEYS``): the seed (initial weights,
+example order, augmentation, dropout-like layers), ``data_seed`` when it
+selects no data, and scalar optimizer and schedule values. They reach the
+program as arrays with a leading run axis (``PackedState.hparams``), not as
+constants, so one compiled program serves any values. Every other key
+changes shapes or the program (depth, widths, family, dataset, batch size,
+dtype, number of steps, BatchNorm mode, ...) and must be equal:
+``check_packable`` names the first that is not, in one line.
+
+The step is ``steps.train_step`` itself, unchanged, run per run with a
+config whose pack keys hold that run's traced values (``run_config``) and
+an optimizer rebuilt from them (the optimizer state's structure does not
+depend on the values). Two ways to run the K steps (``STRATEGIES``):
+``'vmap'`` batches them (convolutions become grouped convolutions; GPUs and
+TPUs are filled better) and ``'map'`` loops over runs inside the program
+(``lax.map``: each run's step is the lone run's, which XLA:CPU runs at full
+speed); ``default_strategy`` picks per backend (BENCHMARKS.md has the CPU
+figures behind the choice).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from data import feeds
+from data.device import replicate
+from training import optimizer, parallel, schedule, steps
+
+# The pack keys the step reads, by their name in ``PackedState.hparams``: each
+# a scalar per run, traced inside the program.
+TRACED_KEYS = {
+    "seed": "seed",
+    "lr": "optimizer.lr",
+    "momentum": "optimizer.momentum",
+    "weight_decay": "optimizer.weight_decay",
+    "decay_factor": "schedule.decay_factor",
+    "warmup_lr": "schedule.warmup_lr",
+}
+# Every key that may differ between the runs of a pack; all others must be equal.
+PACK_KEYS = (*TRACED_KEYS.values(), "data_seed")
+STRATEGIES = ("vmap", "map")
+
+
+@flax.struct.dataclass
+class PackedState:
+    """K runs' train states, every leaf with a leading run axis, and their per-run values."""
+
+    runs: steps.TrainState  # leaves (K, ...); graphdef and optimizer shared
+    hparams: dict[str, jax.Array]  # TRACED_KEYS' values, each (K,)
+
+    @property
+    def step(self) -> jax.Array:
+        """Steps taken: equal in every run (they are stepped together)."""
+        return self.runs.step[0]
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Dotted key -> value, in ``to_dict``'s (alphabetical) order."""
+    out: dict[str, Any] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[prefix + k] = v
+
+    walk(config.to_dict(), "")
+    return out
+
+
+def check_packable(configs: Sequence[ml_collections.ConfigDict]) -> None:
+    """Raises a one-line ValueError unless the configs may share one pack.
+
+    Every key but ``PACK_KEYS`` must be equal (the first that is not is
+    named); ``data_seed`` may differ only while it selects no data (no
+    validation split, no class imbalance), since the pack holds one copy of
+    the data; seeds must fit int32, the dtype they are traced in.
+    """
+    if not configs:
+        raise ValueError("a pack needs at least one config")
+    first = _flat(configs[0])
+    for i, config in enumerate(configs[1:], start=1):
+        flat = _flat(config)
+        for key in [*first, *(k for k in flat if k not in first)]:
+            a, b = first.get(key), flat.get(key)
+            if key not in PACK_KEYS and a != b:
+                raise ValueError(
+                    f"runs 0 and {i} of a pack differ in {key} ({a!r} vs {b!r}); a pack is "
+                    f"one program, so only {', '.join(PACK_KEYS)} may differ")
+        selects = first["val_examples"] or first["imbalance.classes"] is not None
+        if selects and flat["data_seed"] != first["data_seed"]:
+            raise ValueError(
+                f"runs 0 and {i} of a pack differ in data_seed ({first['data_seed']} vs "
+                f"{flat['data_seed']}), which selects their data (val_examples or "
+                "imbalance.classes); a pack holds one copy of the data")
+    for config in configs:
+        if not -2**31 <= config.seed < 2**31:
+            raise ValueError(f"seed {config.seed} of a packed run must fit int32")
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def run_config(config: ml_collections.ConfigDict, hparams: dict[str, Any]
+               ) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose ``TRACED_KEYS`` hold ``hparams`` (traced scalars, inside jit).
+
+    Not type-safe, so the keys can hold tracers; the step and the optimizer
+    read a traced value where a constant was (same arithmetic, same dtype:
+    float32 and int32 as JAX makes of the Python numbers). One difference:
+    optax skips a weight decay that is the constant 0, while a traced 0 adds
+    ``0 * p`` to the gradient, which changes at most the sign of a zero.
+    """
+    copy = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+    for name, key in TRACED_KEYS.items():
+        section, _, leaf = key.rpartition(".")
+        (_get(copy, section) if section else copy)[leaf] = hparams[name]
+    return copy
+
+
+def create_packed_state(configs: Sequence[ml_collections.ConfigDict]) -> PackedState:
+    """Each run's fresh ``steps.create_train_state``, stacked along a leading run axis.
+
+    On the default device, as ``create_train_state``'s; ``data.device.replicate``
+    puts the pack on every device of a mesh.
+    """
+    check_packable(configs)
+    states = [steps.create_train_state(c) for c in configs]
+    shared = {"graphdef": states[0].graphdef, "tx": states[0].tx}  # equal configs: equal
+    runs = jax.tree.map(lambda *xs: jnp.stack(xs), *[s.replace(**shared) for s in states])
+    hparams = {name: np.asarray([_get(c, key) for c in configs],
+                                np.int32 if name == "seed" else np.float32)
+               for name, key in TRACED_KEYS.items()}
+    return PackedState(runs=runs, hparams=hparams)
+
+
+def unpack(packed: PackedState, i: int) -> steps.TrainState:
+    """Run ``i``'s train state, as a lone run of its config would hold it."""
+    return jax.tree.map(lambda x: x[i], packed.runs)
+
+
+def default_strategy(backend: str | None = None) -> str:
+    """'map' on CPU (XLA:CPU's grouped convolutions are slow), 'vmap' on GPU and TPU."""
+    backend = jax.default_backend() if backend is None else backend
+    return "map" if backend == "cpu" else "vmap"
+
+
+def make_packed_step(config: ml_collections.ConfigDict, sched: schedule.Schedule, mesh: Mesh, *,
+                     strategy: str | None = None, class_weights: Any = None
+                     ) -> Callable[[PackedState, steps.Batch], tuple[PackedState, dict]]:
+    """``step(packed, batch) -> (packed, metrics)``: one ``steps.train_step`` of every run.
+
+    ``config`` is any run's (its pack keys are ignored: each run's come from
+    ``packed.hparams``); ``batch`` holds every run's batch, leaves (K, B, ...)
+    (``PackedFeed``); ``metrics`` are each run's ``loss`` and ``error``, (K,).
+
+    Data parallelism as for a lone run (``parallel.data_parallel``): one
+    ``jax.shard_map`` over the mesh, the pack replicated, each batch split
+    along its batch axis (the second), and the runs vmapped (or mapped)
+    inside its body, so each device trains its share of every run's batch
+    and averages each run's gradients and statistics over the mesh axis.
+    """
+    strategy = default_strategy() if strategy is None else strategy
+    if strategy not in STRATEGIES:
+        raise ValueError(f"pack strategy must be one of {', '.join(STRATEGIES)}, "
+                         f"got {strategy!r}")
+
+    def one_run(state, batch, hparams, axis_name):
+        # The optimizer closes over momentum and weight decay: each run's is built
+        # from its own traced values, inside the program.
+        cfg = run_config(config, hparams)
+        new, metrics = steps.train_step(
+            state.replace(tx=optimizer.make_optimizer(cfg)), batch, config=cfg,
+            sched=sched, class_weights=class_weights, axis_name=axis_name)
+        return new.replace(tx=state.tx), metrics  # no tracer may leave in the static part
+
+    def body(packed, batch, axis_name):
+        run = functools.partial(one_run, axis_name=axis_name)
+        if strategy == "vmap":
+            runs, metrics = jax.vmap(run)(packed.runs, batch, packed.hparams)
+        else:
+            runs, metrics = jax.lax.map(lambda args: run(*args),
+                                        (packed.runs, batch, packed.hparams))
+        return packed.replace(runs=runs), metrics
+
+    return jax.shard_map(functools.partial(body, axis_name=parallel.DATA_AXIS), mesh=mesh,
+                         in_specs=(P(), P(None, parallel.DATA_AXIS)), out_specs=(P(), P()))
+
+
+class PackedFeed:
+    """Every run's training batch out of one in-memory feed, each from its own seed.
+
+    Run k's batch of step s is what a lone run of seed k draws at step s
+    (``feeds.InMemoryFeed.train_batch`` with that seed's keys): its own
+    example order and augmentation, from the one copy of the data on the
+    devices. The seeds ride in ``arrays`` (an argument of the program, not a
+    constant), like the pack's other per-run values. ``feed`` is built from
+    any run's config: the runs of a pack share their data (``check_packable``).
+    """
+
+    input_wait_s = 0.0  # in memory: no host input on the hot path
+
+    def __init__(self, feed: feeds.InMemoryFeed, seeds: Sequence[int]):
+        self.base, self.mesh, self.runs = feed, feed.mesh, len(seeds)
+        self.arrays = {**feed.arrays,
+                       "seeds": replicate(np.asarray(seeds, np.int32), feed.mesh)}
+
+    def train_batch(self, arrays: dict[str, Any], step: jax.Array) -> steps.Batch:
+        """Every run's batch of step ``step``: leaves (K, B, ...)."""
+        def one(seed):
+            return self.base.train_batch(arrays, step, keys=feeds.seed_keys(seed))
+
+        return jax.vmap(one)(arrays["seeds"])
