@@ -104,10 +104,31 @@ def test_when_no_checkpoint_restores_it_is_one_error_line_and_nothing_is_moved(
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    OSError(errno.EROFS, "Read-only file system"),
+    OSError(errno.EDQUOT, "Disk quota exceeded"),
+    ValueError('RESOURCE_EXHAUSTED: Error writing "params.stem" in OCDBT'),
+    Exception("NOT_FOUND: Error writing local file"),
+    Exception("PERMISSION_DENIED: Error opening file"),
+])
+def test_storage_failures_are_told_from_bugs(error):
+    """What ``exits.writing`` turns into exit 4: the error itself or any of its causes."""
+    assert exits.storage_error(error) is error
+    try:
+        try:
+            raise error
+        except Exception as e:
+            raise RuntimeError("Orbax's async save failed") from e
+    except RuntimeError as wrapped:
+        assert exits.storage_error(wrapped) is error
+    assert exits.storage_error(KeyError("params")) is None
+    assert exits.storage_error(ValueError("shapes (3,) and (4,) differ")) is None
+
+
 @pytest.mark.parametrize("what,error", [
     ("checkpoint", OSError(errno.ENOSPC, "No space left on device")),
     ("checkpoint", ValueError('RESOURCE_EXHAUSTED: Error writing "params.stem" in OCDBT')),
-    ("checkpoint", Exception("PERMISSION_DENIED: Error opening file")),
     ("metrics line", OSError(errno.EDQUOT, "Disk quota exceeded")),
     ("event file", OSError(errno.ENOSPC, "No space left on device")),
 ])
