@@ -20,19 +20,13 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from training import exits
+
 DAMAGED_DIR = "damaged_checkpoints"
 
 
 class NoCheckpointRestores(Exception):
     """A run has checkpoints but none of them restores (none was moved or deleted)."""
-
-
-def _reason(e: BaseException) -> str:
-    """The first line of an exception, short enough for a one-line message."""
-    text = str(e).strip()
-    first = text.splitlines()[0].strip() if text else type(e).__name__
-    first = first.split(" See full TensorStore details")[0]  # the rest is a method's repr
-    return first if len(first) <= 160 else first[:157] + "..."
 
 
 class Checkpointer:
@@ -83,7 +77,7 @@ class Checkpointer:
             try:
                 state = self.restore(step, like)
             except Exception as e:  # noqa: BLE001 - whatever the damage, try an older one
-                failures.append((step, _reason(e)))
+                failures.append((step, exits.first_line(e, 160)))
                 continue
             for bad, why in failures if self.is_writer else ():
                 where = self._move_aside(bad)

@@ -62,15 +62,20 @@ class WriteFailed(RuntimeError):
 
     def __init__(self, what: str, step: int, err: BaseException, last_checkpoint: int | None):
         super().__init__(f"cannot write the {what} (training stopped at step {step}: "
-                         f"{_first_line(err)}); the last complete checkpoint "
+                         f"{first_line(err)}); the last complete checkpoint "
                          f"({_checkpoint_text(last_checkpoint)}) is intact: free space and "
                          "run again to resume")
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's first line, cut to ``limit`` characters, for a one-line message.
+
+    TensorStore appends the repr of a method to its messages; that part is dropped.
+    """
     text = str(err).strip()
     first = text.splitlines()[0].strip() if text else type(err).__name__
-    return first if len(first) <= 200 else first[:197] + "..."
+    first = first.split(" See full TensorStore details")[0]
+    return first if len(first) <= limit else first[:limit - 3] + "..."
 
 
 # TensorStore (Orbax's array writer) reports storage failures as ValueErrors or
