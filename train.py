@@ -76,7 +76,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> dict:
     """Trains and evaluates one config in ``workdir``; returns the summary dict.
 
-    Raises ValueError for bad input (before anything is written), ``Diverged``
+    A run that already finished with this config returns its summary and
+    writes nothing. Raises ValueError for bad input (before anything is written), ``Diverged``
     when the loss stops being finite and ``Interrupted`` after a SIGTERM/SIGINT
     (both after writing what must survive), ``WriteFailed`` when a metrics line
     or checkpoint cannot be written (the last complete checkpoint stays usable).
