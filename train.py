@@ -10,6 +10,12 @@ command on an existing workdir resumes from the latest checkpoint; for
 in-memory datasets it ends with the same numbers as an uninterrupted run (the
 order of examples and the augmentation are pure functions of (seed, step)).
 
+``train.py --config FILE --run DIR1 seed=1 --run DIR2 seed=2 ...`` trains a
+pack instead (``train_pack``): runs of one network that differ only in seeds
+or scalar optimizer values, stepped as one program, each in its own run
+directory with the files, resume and exit codes of a lone run
+(``training/pack.py``, ``training/pack_train.py``).
+
 The pieces live in ``training/`` (state and steps, parallelism, dispatch,
 measurements, schedule, optimizer, checkpoints, run files) and ``data/``
 (datasets and feeds); docs/ARCHITECTURE.md draws how they fit.
@@ -28,7 +34,7 @@ import jax
 import ml_collections
 
 import models
-from data import feeds, statistics
+from data import datasets, feeds, statistics
 from data import validation as data_validation
 from data.device import replicate
 from training import (
@@ -38,10 +44,12 @@ from training import (
     distributed,
     exits,
     finetune,
-    measure,
     optimizer,
+    pack,
+    pack_train,
     parallel,
     progress,
+    records,
     run_dir,
     schedule,
     steps,
@@ -115,6 +123,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             run.close()
 
 
+def train_pack(configs: list[ml_collections.ConfigDict], workdirs: list[str], *,
+               allow_config_change: bool = False) -> list[dict]:
+    """Trains several runs of one network as one program (``training.pack``), each in its workdir.
+
+    The configs may differ only in ``pack.PACK_KEYS`` (seeds, scalar optimizer
+    and schedule values); each run gets the files, resume and exit behaviour
+    of a lone run (``training/pack_train.py``). Returns each run's summary
+    (status ``finished`` or ``diverged``: a diverging run stops, the others
+    go on). Raises as ``train_and_evaluate`` does.
+    """
+    with exits.StopSignals() as stop:
+        mesh = parallel.make_mesh()
+        for config in configs:
+            validate_config(config, mesh.devices.size)
+        pack.check_packable(configs)
+        if configs[0].dataset not in datasets.IN_MEMORY_DATASETS:
+            raise ValueError(f"a pack needs a dataset held in memory "
+                             f"({', '.join(datasets.IN_MEMORY_DATASETS)}); {configs[0].dataset}"
+                             " is streamed: train its runs one by one")
+        summaries = [run_dir.finished_summary(w, c.to_dict())
+                     for c, w in zip(configs, workdirs, strict=True)]
+        for workdir, done in zip(workdirs, summaries, strict=True):
+            if done is not None:
+                progress.say(f"already finished: {workdir}; left out of the pack")
+        todo = [i for i, done in enumerate(summaries) if done is None]
+        if not todo:
+            return summaries
+        config = configs[todo[0]]
+        progress.say(f"loading {config.dataset} ...")
+        feed = feeds.make_feed(config, mesh)
+        progress.say(f"data: {config.dataset}, {feed.num_train:,} training examples (in memory)"
+                     f"; {len(todo)} runs in one pack")
+        sched = schedule.derive_schedule(config, feed.num_train)
+        with contextlib.ExitStack() as opened:
+            members = []
+            for i in todo:
+                if (configs[i].finetune.from_run is not None
+                        and not checkpoints.checkpoint_steps(workdirs[i])):
+                    finetune.source_step(configs[i])
+                run = run_dir.RunDir(workdirs[i], is_writer=jax.process_index() == 0)
+                opened.callback(run.close)
+                run.prepare(configs[i].to_dict(), allow_config_change=allow_config_change)
+                ckpt = checkpoints.Checkpointer(workdirs[i], configs[i].keep_checkpoints,
+                                                is_writer=run.is_writer)
+                opened.callback(_close_quietly, ckpt)
+                members.append(pack_train.PackedRun(configs[i], workdirs[i], run, ckpt))
+            try:
+                done = pack_train.train_pack_loop(members, mesh, feed, sched, stop)
+            except ValueError as e:
+                raise RuntimeError(f"internal error after the input was validated: {e}") from e
+        for i, summary in zip(todo, done, strict=True):
+            summaries[i] = summary
+        return summaries
+
+
+def _close_quietly(ckpt: checkpoints.Checkpointer) -> None:
+    with contextlib.suppress(Exception):  # a failed save was reported where it surfaced
+        ckpt.close()
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
            sched: schedule.Schedule, run: run_dir.RunDir, ckpt: checkpoints.Checkpointer,
            stop: exits.StopSignals) -> dict:
@@ -138,8 +206,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
     chunk = dispatch.make_train_chunk(feed, step_fn, log_every=config.log_every_steps,
                                       total_steps=sched.total_steps, start_step=start,
                                       loop_on_device=config.loop_on_device)
-    count_dead = config.dead_units and config.model.activation in models.RECTIFIERS
-
     def last_checkpoint() -> int | None:
         """The newest complete checkpoint on disk, once the saves in flight have ended."""
         with contextlib.suppress(Exception):  # a failed save leaves no step directory
@@ -154,29 +220,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
     t0, t_log, step = time.time(), time.time(), start
     while step < sched.total_steps:
         state, sums = chunk(state, step)
-        loss_sum, err_sum, count, step_losses = dispatch.read_chunk_sums(jax.device_get(sums))
         step, now = int(state.step), time.time()
         if int(state.first_bad_step) >= 0:
             ckpt.wait()
             raise exits.Diverged(int(state.first_bad_step), ckpt.latest_step())
-        line = {
-            "step": step,
-            "epoch": round(step / sched.steps_per_epoch, 3),
-            "lr": float(schedule.learning_rate(config, sched, step - 1, state.warm,
-                                               state.plateau.scale)),
-            "train_loss": loss_sum / count,
-            "train_losses": step_losses,  # each step's loss (its spread: gradient noise)
-            "train_error": err_sum / count,
-            "images_per_sec": count * config.batch_size / max(now - t_log, 1e-9),
-            "elapsed_s": elapsed_before + now - t0,
-        }
-        if step % config.eval_every_steps == 0 or step == sched.total_steps:
-            line.update(measure.evaluate(feed, state))
-            if count_dead:
-                line["dead_units"] = measure.dead_units(feed, state)
-            if config.schedule.name == "plateau":  # before the checkpoint, which must hold it
-                state = state.replace(plateau=replicate(
-                    schedule.plateau_step(config, state.plateau, line["val_error"]), mesh))
+        line = records.train_line(config, sched, step, jax.device_get(sums), warm=state.warm,
+                                  plateau_scale=state.plateau.scale, seconds=now - t_log,
+                                  elapsed_s=elapsed_before + now - t0)
+        if records.is_eval_step(config, step, sched.total_steps):
+            line.update(records.evaluation(config, feed, state))
+            plateau = records.next_plateau(config, state.plateau, line)
+            if plateau is not None:
+                state = state.replace(plateau=replicate(plateau, mesh))
         with exits.writing("metrics line", step, last_checkpoint):
             run.metrics.append(line)
         bar.update(line)
@@ -193,18 +248,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
         ckpt.wait()
     bar.close()
 
-    spec = models.spec_from_config(config.model)
-    if config.layer_responses:
-        stds = measure.layer_response_stds(feed, state)
-        stages = [s for s, n in enumerate(spec.stage_sizes) for _ in range(n)]
-        with exits.writing("layer responses", step, last_checkpoint):
-            run.write_json("layer_responses.json", {"blocks": [
-                {"index": i, "stage": stages[i], "std": float(v)} for i, v in enumerate(stds)]})
-    summary = run_dir.summarize(run.metrics.read(), status="finished", name=spec.name,
-                                params=num_params, steps=sched.total_steps)
-    with exits.writing("summary", step, last_checkpoint):
-        run.write_json("summary.json", summary)
-    return summary
+    return records.finish(config, feed, state, run, num_params=num_params,
+                          total_steps=sched.total_steps, last_checkpoint=last_checkpoint)
 
 
 def _percent(fraction: float | None) -> str:
@@ -217,23 +262,30 @@ def main(argv: list[str] | None = None) -> int:
     exits.quiet_failed_saves()
     try:
         args = command_line.parse_train_args(sys.argv[1:] if argv is None else argv)
-        config = command_line.load_config(args.config, args.overrides)
+        runs = args.runs or [(args.workdir, {})]
+        configs = [command_line.load_config(args.config, {**args.overrides, **own})
+                   for _, own in runs]
+        workdirs = [workdir for workdir, _ in runs]
         group = distributed.from_args(args.coordinator, args.num_processes, args.process_id,
                                       args.heartbeat_timeout)
     except ValueError as e:
         return command_line.bad_input(e)
     distributed.initialize(group)
     try:
-        summary = train_and_evaluate(config, args.workdir,
-                                     allow_config_change=args.allow_config_change)
+        if len(configs) > 1:
+            summaries = train_pack(configs, workdirs,
+                                   allow_config_change=args.allow_config_change)
+        else:
+            summaries = [train_and_evaluate(configs[0], workdirs[0],
+                                            allow_config_change=args.allow_config_change)]
     except ValueError as e:
         return command_line.bad_input(e)
     except checkpoints.NoCheckpointRestores as e:
         print(f"error: {e}", file=sys.stderr)
         return exits.EXIT_BAD_INPUT
-    except exits.Diverged as e:
-        name = models.spec_from_config(config.model).name
-        run_dir.record_failure(args.workdir, "diverged", str(e), name=name,
+    except exits.Diverged as e:  # a lone run (a pack records each run's divergence itself)
+        name = models.spec_from_config(configs[0].model).name
+        run_dir.record_failure(workdirs[0], "diverged", str(e), name=name,
                                diverged_at_step=e.step)
         print(f"error: diverged: {e}", file=sys.stderr)
         return exits.EXIT_DIVERGED
@@ -251,7 +303,17 @@ def main(argv: list[str] | None = None) -> int:
               f"({first}); another process of this job has probably died; start the job "
               "again to resume from its last checkpoint", file=sys.stderr)
         return exits.EXIT_PEER_FAILED
-    print(json.dumps(summary))
+    if len(configs) == 1:
+        print(json.dumps(summaries[0]))
+        return 0
+    for workdir, summary in zip(workdirs, summaries, strict=True):
+        print(json.dumps({"workdir": workdir, **summary}))
+    diverged = [w for w, summary in zip(workdirs, summaries, strict=True)
+                if summary.get("status") != "finished"]
+    if diverged:
+        print(f"error: diverged: {', '.join(diverged)} (the pack's other runs finished)",
+              file=sys.stderr)
+        return exits.EXIT_DIVERGED
     return 0
 
 

@@ -216,10 +216,19 @@ def bad_input(error: Exception | str) -> int:
 
 
 def parse_train_args(argv: list[str]) -> argparse.Namespace:
-    """train.py's command line: --config FILE[:ARG] --workdir DIR [--config.key=value ...]."""
+    """train.py's command line: --config FILE[:ARG] --workdir DIR [--config.key=value ...].
+
+    A pack (several runs of one network trained as one program) gives
+    ``--run DIR [KEY=VALUE ...]`` per run instead of ``--workdir``;
+    ``args.runs`` lists them as (DIR, overrides), empty for a lone run.
+    """
     p = ArgumentParser(prog="train.py", description="Train one network from a config file.")
     p.add_argument("--config", required=True, help="configs/FILE.py[:ARG]")
-    p.add_argument("--workdir", required=True, help="run directory (resumed if it exists)")
+    p.add_argument("--workdir", help="run directory (resumed if it exists)")
+    p.add_argument("--run", action="append", nargs="+", default=[],
+                   metavar=("DIR", "KEY=VALUE"),
+                   help="one run of a pack, instead of --workdir: its directory and its own "
+                        "overrides (repeat for each run; training/pack.py)")
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume a run even if its saved config differs")
     multi = p.add_argument_group("one process of several (see distributed.py)")
@@ -230,4 +239,34 @@ def parse_train_args(argv: list[str]) -> argparse.Namespace:
                        help="seconds after which a silent process ends the job")
     args, extra = p.parse_known_args(argv)
     args.overrides = parse_overrides(extra)
+    if (args.workdir is None) == (not args.run):
+        raise ValueError("give either --workdir DIR (one run) or --run DIR [KEY=VALUE ...] "
+                         "for each run of a pack")
+    args.runs = [parse_pack_run(item) for item in args.run]
+    dirs = [os.path.realpath(d) for d, _ in args.runs]
+    for d in dirs:
+        if dirs.count(d) > 1:
+            raise ValueError(f"run directory {d} is given twice")
     return args
+
+
+def parse_pack_run(item: list[str]) -> tuple[str, dict[str, str]]:
+    """['W/seed=1', 'seed=1', 'optimizer.lr=0.1'] -> ('W/seed=1', {'seed': '1', ...})."""
+    workdir, *pairs = item
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.removeprefix("--config.").partition("=")
+        if not sep or not key:
+            raise ValueError(f"--run {workdir}: {pair!r} must look like KEY=VALUE")
+        overrides[key] = value
+    return workdir, overrides
+
+
+def pack_command(python: str, train_script: str, config: str, overrides: dict[str, str],
+                 runs: list[tuple[str, dict[str, str]]]) -> list[str]:
+    """The ``train.py`` command of a pack: shared overrides, then one ``--run`` per run."""
+    command = [python, train_script, "--config", config]
+    command += [f"--config.{k}={v}" for k, v in overrides.items()]
+    for workdir, own in runs:
+        command += ["--run", workdir, *(f"{k}={v}" for k, v in own.items())]
+    return command

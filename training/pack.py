@@ -31,6 +31,7 @@ figures behind the choice).
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -67,11 +68,10 @@ class PackedState:
 
     runs: steps.TrainState  # leaves (K, ...); graphdef and optimizer shared
     hparams: dict[str, jax.Array]  # TRACED_KEYS' values, each (K,)
-
-    @property
-    def step(self) -> jax.Array:
-        """Steps taken: equal in every run (they are stepped together)."""
-        return self.runs.step[0]
+    # The pack's step: the step every updating run takes next. A run whose own
+    # ``runs.step`` is ahead (resumed from a newer checkpoint) waits until the
+    # pack reaches it; a run whose loss stopped being finite waits for good.
+    step: jax.Array
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -119,6 +119,19 @@ def check_packable(configs: Sequence[ml_collections.ConfigDict]) -> None:
             raise ValueError(f"seed {config.seed} of a packed run must fit int32")
 
 
+def group_key(config: ml_collections.ConfigDict) -> str:
+    """What the runs of one pack share: the config less the keys that may differ (JSON).
+
+    Runs with equal keys may be packed (``check_packable``); the sweep
+    launcher groups its runs by it.
+    """
+    flat = _flat(config)
+    selects = flat["val_examples"] or flat["imbalance.classes"] is not None
+    free = set(PACK_KEYS) - ({"data_seed"} if selects else set())
+    return json.dumps({k: v for k, v in flat.items() if k not in free}, sort_keys=True,
+                      default=repr)
+
+
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
     for part in key.split("."):
         config = config[part]
@@ -149,13 +162,24 @@ def create_packed_state(configs: Sequence[ml_collections.ConfigDict]) -> PackedS
     puts the pack on every device of a mesh.
     """
     check_packable(configs)
-    states = [steps.create_train_state(c) for c in configs]
+    return stack_states(configs, [steps.create_train_state(c) for c in configs])
+
+
+def stack_states(configs: Sequence[ml_collections.ConfigDict],
+                 states: Sequence[steps.TrainState]) -> PackedState:
+    """The pack of these runs' states (fresh or restored), at the step of the one furthest behind.
+
+    The runs ahead wait there until the pack catches up with them
+    (``make_packed_step``), so runs resumed from checkpoints of different
+    steps (a pack killed while its checkpoints were being written) all end
+    as if trained in one go.
+    """
     shared = {"graphdef": states[0].graphdef, "tx": states[0].tx}  # equal configs: equal
     runs = jax.tree.map(lambda *xs: jnp.stack(xs), *[s.replace(**shared) for s in states])
     hparams = {name: np.asarray([_get(c, key) for c in configs],
                                 np.int32 if name == "seed" else np.float32)
                for name, key in TRACED_KEYS.items()}
-    return PackedState(runs=runs, hparams=hparams)
+    return PackedState(runs=runs, hparams=hparams, step=jnp.min(runs.step))
 
 
 def unpack(packed: PackedState, i: int) -> steps.TrainState:
@@ -177,6 +201,8 @@ def make_packed_step(config: ml_collections.ConfigDict, sched: schedule.Schedule
     ``config`` is any run's (its pack keys are ignored: each run's come from
     ``packed.hparams``); ``batch`` holds every run's batch, leaves (K, B, ...)
     (``PackedFeed``); ``metrics`` are each run's ``loss`` and ``error``, (K,).
+    Only the runs at the pack's step whose loss has stayed finite move on
+    (``PackedState.step``); the others' metrics are to be ignored.
 
     Data parallelism as for a lone run (``parallel.data_parallel``): one
     ``jax.shard_map`` over the mesh, the pack replicated, each batch split
@@ -189,23 +215,30 @@ def make_packed_step(config: ml_collections.ConfigDict, sched: schedule.Schedule
         raise ValueError(f"pack strategy must be one of {', '.join(STRATEGIES)}, "
                          f"got {strategy!r}")
 
-    def one_run(state, batch, hparams, axis_name):
+    def one_run(state, batch, hparams, pack_step, axis_name):
         # The optimizer closes over momentum and weight decay: each run's is built
         # from its own traced values, inside the program.
         cfg = run_config(config, hparams)
         new, metrics = steps.train_step(
             state.replace(tx=optimizer.make_optimizer(cfg)), batch, config=cfg,
             sched=sched, class_weights=class_weights, axis_name=axis_name)
-        return new.replace(tx=state.tx), metrics  # no tracer may leave in the static part
+        new = new.replace(tx=state.tx)  # no tracer may leave in the static part
+        # A run ahead of the pack, or one whose loss stopped being finite (this step
+        # included), keeps its state: it neither moves on nor takes a non-finite step.
+        active = (state.step == pack_step) & (state.first_bad_step < 0)
+        keep = active & (new.first_bad_step < 0)
+        kept = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state)
+        return kept.replace(first_bad_step=jnp.where(active, new.first_bad_step,
+                                                     state.first_bad_step)), metrics
 
     def body(packed, batch, axis_name):
-        run = functools.partial(one_run, axis_name=axis_name)
+        run = functools.partial(one_run, pack_step=packed.step, axis_name=axis_name)
         if strategy == "vmap":
             runs, metrics = jax.vmap(run)(packed.runs, batch, packed.hparams)
         else:
             runs, metrics = jax.lax.map(lambda args: run(*args),
                                         (packed.runs, batch, packed.hparams))
-        return packed.replace(runs=runs), metrics
+        return packed.replace(runs=runs, step=packed.step + 1), metrics
 
     return jax.shard_map(functools.partial(body, axis_name=parallel.DATA_AXIS), mesh=mesh,
                          in_specs=(P(), P(None, parallel.DATA_AXIS)), out_specs=(P(), P()))

@@ -1,0 +1,82 @@
+"""What a run writes as it trains: its metrics line at each log step, its files at the end.
+
+One place for both trainers, ``train.py``'s lone run and ``training/pack_train.py``'s
+pack of runs, so a run's ``metrics.jsonl``, ``layer_responses.json`` and
+``summary.json`` read the same whichever trained it (``experiments.report``
+and the other readers never need to know).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+import models
+from training import dispatch, exits, measure, run_dir, schedule, steps
+
+
+def train_line(config: ml_collections.ConfigDict, sched: schedule.Schedule, step: int,
+               sums: np.ndarray, *, warm: Any, plateau_scale: Any, seconds: float,
+               elapsed_s: float) -> dict[str, Any]:
+    """The metrics line of log step ``step``: a chunk's training loss and error, LR, speed.
+
+    ``sums`` is the chunk's ``dispatch.add_step`` vector (on the host), ``warm``
+    and ``plateau_scale`` the run's schedule state after the chunk, ``seconds``
+    the chunk's wall time and ``elapsed_s`` the run's training time so far.
+    """
+    loss_sum, err_sum, count, step_losses = dispatch.read_chunk_sums(sums)
+    return {
+        "step": step,
+        "epoch": round(step / sched.steps_per_epoch, 3),
+        "lr": float(schedule.learning_rate(config, sched, step - 1, warm, plateau_scale)),
+        "train_loss": loss_sum / count,
+        "train_losses": step_losses,  # each step's loss (its spread: gradient noise)
+        "train_error": err_sum / count,
+        "images_per_sec": count * config.batch_size / max(seconds, 1e-9),
+        "elapsed_s": elapsed_s,
+    }
+
+
+def is_eval_step(config: ml_collections.ConfigDict, step: int, total_steps: int) -> bool:
+    return step % config.eval_every_steps == 0 or step == total_steps
+
+
+def evaluation(config: ml_collections.ConfigDict, feed: Any, state: steps.TrainState
+               ) -> dict[str, Any]:
+    """The evaluation entries of a metrics line: each split's errors, and dead units if asked."""
+    out = measure.evaluate(feed, state)
+    if config.dead_units and config.model.activation in models.RECTIFIERS:
+        out["dead_units"] = measure.dead_units(feed, state)
+    return out
+
+
+def next_plateau(config: ml_collections.ConfigDict, plateau: schedule.PlateauState,
+                 line: dict[str, Any]) -> schedule.PlateauState | None:
+    """The 'plateau' schedule's state after this evaluation; None for other schedules.
+
+    Called before the step's checkpoint, which must hold it.
+    """
+    if config.schedule.name != "plateau":
+        return None
+    return schedule.plateau_step(config, plateau, line["val_error"])
+
+
+def finish(config: ml_collections.ConfigDict, feed: Any, state: steps.TrainState,
+           run: run_dir.RunDir, *, num_params: int, total_steps: int,
+           last_checkpoint: Callable[[], int | None]) -> dict[str, Any]:
+    """Writes a finished run's layer responses (if asked) and ``summary.json``; returns it."""
+    spec = models.spec_from_config(config.model)
+    if config.layer_responses:
+        stds = measure.layer_response_stds(feed, state)
+        stages = [s for s, n in enumerate(spec.stage_sizes) for _ in range(n)]
+        with exits.writing("layer responses", total_steps, last_checkpoint):
+            run.write_json("layer_responses.json", {"blocks": [
+                {"index": i, "stage": stages[i], "std": float(v)} for i, v in enumerate(stds)]})
+    summary = run_dir.summarize(run.metrics.read(), status="finished", name=spec.name,
+                                params=num_params, steps=total_steps)
+    with exits.writing("summary", total_steps, last_checkpoint):
+        run.write_json("summary.json", summary)
+    return summary
