@@ -12,7 +12,8 @@ Each study is a base config (``get_config(arg)``) plus the list of runs
   20/32/44/56/110 with the paper's recipe (64k iterations; LR 0.01 warm-up
   until training error < 80% at depth 110). ``cifar10,1202`` adds ResNet-1202;
   ``cifar10,seeds=5`` repeats every run with 5 seeds (paper: 6.61 +- 0.16 over
-  5 runs of ResNet-110).
+  5 runs of ResNet-110); the seeds of each network then train as one pack
+  where that is faster (``pack``: ``--pack auto``, GPUs and TPUs).
 - ``imagenet``: plain and residual 18 and 34 (Table 2 / Fig. 4), option A.
 - ``card``: the 18/34/56/110-layer comparison on one dataset, CIFAR-10 with the
   paper's CIFAR recipe: plain and residual 18 and 34 (ImageNet basic blocks,
@@ -54,6 +55,12 @@ def get_config(arg: str | None = "digits") -> ml_collections.ConfigDict:
     if study in ("cifar10", "card"):
         return cifar10.get_config("resnet-20")
     return imagenet.get_config("resnet-18")
+
+
+def pack(arg: str | None = "digits") -> str | None:
+    """The sweep's default ``--pack``: 'auto' with seeds=N > 1 (each network's seeds), else None."""
+    _, options = _parse(arg)
+    return "auto" if options["seeds"] > 1 else None
 
 
 def sweep(add, arg: str | None = "digits") -> None:

@@ -1,24 +1,29 @@
 """Sweep launcher: runs every config of a study, each in its own run directory.
 
     python -m experiments.sweep configs/degradation.py[:ARG] --workdir runs/degradation
-        [--config.key=value ...] [--sweep key=v1,v2 ...] [--workers N] [--dry-run]
+        [--config.key=value ...] [--sweep key=v1,v2 ...] [--pack K|auto] [--workers N]
+        [--dry-run]
 
 The runs are the config file's ``sweep(add, arg)`` list (big_vision style),
-times the product of the ``--sweep`` lists. Each run is one ``train.py``
-subprocess on ``STUDY/<name>``, where the name is made of its swept values;
-its output goes to ``STUDY/<name>/train.log``. Paths in the commands are
+times the product of the ``--sweep`` lists. Each run has its own directory,
+``STUDY/<name>``, where the name is made of its swept values, and its own
+``train.log`` there. ``--pack K`` trains up to K runs of one network that
+differ only in seed or scalar optimizer/schedule values as one pack: one
+``train.py --run DIR ... --run DIR ...`` subprocess (``sweep_packs``; ``auto``:
+K measured on the machine, 1 on CPU; default: the config file's ``pack(arg)``,
+else 1, one ``train.py --workdir DIR`` per run). Paths in the commands are
 absolute (the config file's is resolved against the working directory once,
-in ``plan``), so ``--dry-run``'s commands run from any directory.
+in ``plan``), so ``--dry-run``'s commands (one per trainer) run from any directory.
 Finished (and diverged) runs are skipped and interrupted ones resume, so
 re-running the same command after a crash finishes the study. A failing run
 does not stop the others. A lock file per run directory keeps two launchers
-from training the same run at once (and each trainer locks its run directory
+from training the same run at once (and each trainer locks its run directories
 itself); trainers die with the launcher (``exits.die_with_parent``). The
 report is written at the end.
 
 The console (``sweep_console.Console``) follows the trainers' logs (their ``step N/M``
 lines): on a terminal one tqdm bar over the study's steps; otherwise plain
-lines, ``[start] NAME (log: PATH)``, a few ``[progress]`` lines per run and
+lines, ``[start] NAME (log: PATH)``, a few ``[progress]`` lines per trainer and
 ``[finished] NAME (N s)``, each printed when it happens.
 """
 
@@ -27,37 +32,28 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import itertools
-import json
 import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 
 import train
+from experiments import sweep_packs
 from experiments.sweep_console import Console, say
+from experiments.sweep_packs import Pack, Run, acquire_lock, read_summary, release_lock
 from training import command_line, exits
-from training.run_dir import read_json, record_failure, write_json_atomic
+from training.run_dir import record_failure, write_json_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE = ("finished", "diverged")
 MAX_NAME = 120
-STALE_UNREADABLE_LOCK_S = 60
 HAS_PARENT_DEATH_SIGNAL = sys.platform.startswith("linux")  # see exits.die_with_parent
-
-
-@dataclass
-class Run:
-    name: str
-    overrides: dict[str, str]  # swept values, as command-line strings
-    workdir: str
-    command: list[str] = field(default_factory=list)
 
 
 def _value_text(v) -> str:
@@ -141,77 +137,33 @@ def plan(config_path: str, workdir: str, global_overrides: dict[str, str],
         run_dir = os.path.realpath(os.path.join(study, name))
         if os.path.dirname(run_dir) != study:
             raise ValueError(f"run name {name!r} would leave the study directory")
+        settings = {**global_overrides, **overrides}
         command = [python, train_script, "--config", config_arg, "--workdir", run_dir]
-        command += [f"--config.{k}={v}" for k, v in {**global_overrides, **overrides}.items()]
-        runs.append(Run(name, overrides, run_dir, command))
+        command += [f"--config.{k}={v}" for k, v in settings.items()]
+        runs.append(Run(name, overrides, run_dir, command, settings,
+                        sweep_packs.group_of(config)))
     return runs
 
 
-def read_summary(run_dir: str) -> dict:
-    """The run's summary.json; {} when it has none (or an unreadable one)."""
-    try:
-        summary = read_json(os.path.join(run_dir, "summary.json"))
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
-
-
-def status_of(run_dir: str) -> str | None:
-    return read_summary(run_dir).get("status")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def acquire_lock(run_dir: str) -> bool:
-    """Takes RUN_DIR/.lock atomically; a lock of a dead process is taken over."""
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, ".lock")
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = read_json(path)
-                alive = holder.get("host") != me["host"] or _pid_alive(int(holder["pid"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                alive = time.time() - os.path.getmtime(path) < STALE_UNREADABLE_LOCK_S
-            if alive:
-                return False
-            os.remove(path)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return True
-    return False
-
-
-def release_lock(run_dir: str) -> None:
-    path = os.path.join(run_dir, ".lock")
-    try:
-        if read_json(path).get("pid") == os.getpid():
-            os.remove(path)
-    except (OSError, ValueError):
-        pass
+def trainer_env(devices: list[str], workers: int, slot: int) -> dict[str, str]:
+    """A trainer's environment: it dies with the launcher; one GPU per worker if several."""
+    env = {**os.environ, exits.PARENT_PID_ENV: str(os.getpid())}
+    if devices and workers > 1:
+        env["CUDA_VISIBLE_DEVICES"] = devices[slot % len(devices)]
+    return env
 
 
 class Launcher:
-    """Runs the planned runs in worker subprocesses and records what happened."""
+    """Runs the planned packs, one trainer subprocess each, and records how each run ended."""
 
-    def __init__(self, runs: list[Run], workers: int, console: Console | None = None):
-        self.runs, self.workers = runs, workers
-        self.console = Console(len(runs)) if console is None else console
+    def __init__(self, packs: list[Pack], workers: int, console: Console | None = None):
+        self.packs, self.workers = packs, workers
+        self.runs = [run for p in packs for run in p.runs]
+        self.console = Console(len(self.runs)) if console is None else console
         self.children: set[subprocess.Popen] = set()
         self.stopping = False
         self.devices = self._devices()
+        self.results: dict[str, list[tuple[str, str]]] = {}
 
     @staticmethod
     def _devices() -> list[str]:
@@ -225,48 +177,84 @@ class Launcher:
             return []
 
     def _env(self, slot: int) -> dict[str, str]:
-        env = {**os.environ, exits.PARENT_PID_ENV: str(os.getpid())}  # dies with the launcher
-        if self.devices and self.workers > 1:
-            env["CUDA_VISIBLE_DEVICES"] = self.devices[slot % len(self.devices)]
-        return env
+        return trainer_env(self.devices, self.workers, slot)
 
-    def run_one(self, run: Run, slot: int) -> tuple[str, str]:
+    def _skipped(self, run: Run) -> bool:
+        """True (and says so) if the run is done already: finished or diverged."""
+        summary = read_summary(run.workdir)
+        status = summary.get("status")
+        if status not in DONE:
+            return False
+        say(f"[skip] {run.name}: already {status}")
+        self.results.setdefault(status, []).append((run.name, ""))
+        steps = summary.get("steps", summary.get("last_logged_step"))
+        self.console.skipped(run.name, steps if isinstance(steps, int) else None)
+        return True
+
+    def run_pack(self, pack: Pack, slot: int) -> list[tuple[Run, str, str]]:
+        """Trains the pack's runs that no other launcher holds or has done.
+
+        Returns (run, status, detail) for each run but those found done.
+        """
         if self.stopping:
-            return "skipped", "launcher stopping"
-        if not acquire_lock(run.workdir):
-            return "locked", "running in another launcher"
+            return [(run, "skipped", "launcher stopping") for run in pack.runs]
+        ended, members = [], []
+        for run in pack.runs:
+            if not acquire_lock(run.workdir):
+                ended.append((run, "locked", "running in another launcher"))
+            elif self._skipped(run):  # done by another launcher since this one started
+                release_lock(run.workdir)
+            else:
+                members.append(run)
         try:
-            log_path = os.path.join(run.workdir, "train.log")
-            with open(log_path, "a") as log:
-                checkpoints = os.path.join(run.workdir, "checkpoints")
-                resumed = os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
-                self.console.started(run.name, log_path, log.tell(), resumed)
-                say(f"[start] {run.name} (log: {log_path})")
+            return ended + (self._train(pack, members, slot) if members else [])
+        finally:
+            for run in members:
+                release_lock(run.workdir)
+
+    def _train(self, pack: Pack, members: list[Run], slot: int) -> list[tuple[Run, str, str]]:
+        """One trainer for ``members`` (the pack's command, rebuilt for them); each run's end.
+
+        The trainer writes to the first run's train.log; ``LogCopy`` copies
+        it into the others' as it comes, and the trainer's stderr ends each.
+        """
+        logs = [os.path.join(run.workdir, "train.log") for run in members]
+        offsets = [os.path.getsize(p) if os.path.exists(p) else 0 for p in logs]
+        copy = sweep_packs.LogCopy(logs[0], offsets[0], logs[1:]) if len(logs) > 1 else None
+        where = f"; pack {pack.index}, {len(members)} runs" if copy else ""
+        for i, (run, log_path, offset) in enumerate(zip(members, logs, offsets, strict=True)):
+            checkpoints = os.path.join(run.workdir, "checkpoints")
+            resumed = os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
+            label = None if not copy else "" if i else \
+                f"pack {pack.index} ({run.name} and {len(members) - 1} more)"
+            self.console.started(run.name, log_path, offset, resumed, label)
+            say(f"[start] {run.name} (log: {log_path}{where})")
+        err = ""
+        try:
+            with open(logs[0], "a") as log:
                 # Off Linux there is no parent-death signal: each trainer gets a process
                 # group of its own, which ``launch`` ends when the launcher stops.
-                proc = subprocess.Popen(run.command, cwd=REPO, stdout=log,
+                proc = subprocess.Popen(pack.command(members), cwd=REPO, stdout=log,
                                         stderr=subprocess.PIPE, text=True, env=self._env(slot),
                                         start_new_session=not HAS_PARENT_DEATH_SIGNAL)
                 self.children.add(proc)
                 _, err = proc.communicate()
                 self.children.discard(proc)
                 log.write(err)
-            status = status_of(run.workdir)
-            last = (err.strip().splitlines() or [""])[-1]
-            if proc.returncode == 0 and status == "finished":
-                return "finished", ""
-            if status == "diverged":
-                return "diverged", last
-            if proc.returncode in (130, 143, -2, -15):
-                return "interrupted", last
-            if proc.returncode == exits.EXIT_BAD_INPUT and "is in use by process" in last:
-                return "locked", last  # a trainer of an earlier launcher is still stopping
-            if status is None:
-                record_failure(run.workdir, "failed", last or f"exit status {proc.returncode}",
-                               name=run.name)
-            return "failed", last or f"exit status {proc.returncode}"
         finally:
-            release_lock(run.workdir)
+            if copy:
+                copy.close(err)
+        last = (err.strip().splitlines() or [""])[-1]
+        ended = []
+        for run in members:
+            summary = read_summary(run.workdir)
+            status = summary.get("status")
+            own = str(summary.get("error") or last) if status == "diverged" else last
+            result, detail = sweep_packs.outcome(proc.returncode, status, own)
+            if result == "failed" and status is None:
+                record_failure(run.workdir, "failed", detail, name=run.name)
+            ended.append((run, result, detail))
+        return ended
 
     def stop(self, signum, _frame) -> None:
         self.stopping = True
@@ -274,34 +262,28 @@ class Launcher:
             child.send_signal(signum)
 
     def launch(self) -> dict[str, list[tuple[str, str]]]:
-        results: dict[str, list[tuple[str, str]]] = {}
+        """Trains every pack (the runs done already skipped); status -> [(run name, detail)]."""
+        self.results = {}
         todo = []
-        for run in self.runs:
-            summary = read_summary(run.workdir)
-            status = summary.get("status")
-            if status in DONE:
-                say(f"[skip] {run.name}: already {status}")
-                results.setdefault(status, []).append((run.name, ""))
-                steps = summary.get("steps", summary.get("last_logged_step"))
-                self.console.skipped(run.name, steps if isinstance(steps, int) else None)
-            else:
-                todo.append(run)
+        for pack in self.packs:
+            left = [run for run in pack.runs if not self._skipped(run)]
+            if left:
+                todo.append(dataclasses.replace(pack, runs=left))
         old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
         self.console.start()
         try:
             with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
-                futures = {}
-                for i, run in enumerate(todo):
-                    futures[pool.submit(self._timed, run, i % self.workers)] = run
+                futures = [pool.submit(self._timed, pack, i % self.workers)
+                           for i, pack in enumerate(todo)]
                 for fut in concurrent.futures.as_completed(futures):
-                    status, detail = fut.result()
-                    results.setdefault(status, []).append((futures[fut].name, detail))
+                    for run, status, detail in fut.result():
+                        self.results.setdefault(status, []).append((run.name, detail))
         finally:
             self.console.close()
             for s, handler in old.items():
                 signal.signal(s, handler)
             self._end_children()
-        return results
+        return self.results
 
     def _end_children(self) -> None:
         """SIGTERM to trainers still running when the launcher leaves (an exception)."""
@@ -312,18 +294,20 @@ class Launcher:
                 else:
                     os.killpg(child.pid, signal.SIGTERM)
 
-    def _timed(self, run: Run, slot: int) -> tuple[str, str]:
-        """Runs one run and says how it ended, before this worker takes the next."""
+    def _timed(self, pack: Pack, slot: int) -> list[tuple[Run, str, str]]:
+        """Runs one pack and says how each of its runs ended, before this worker goes on."""
         t = time.time()
         try:
-            status, detail = self.run_one(run, slot)
+            ended = self.run_pack(pack, slot)
         except BaseException:
-            self.console.finished(run.name, "failed")
+            for run in pack.runs:
+                self.console.finished(run.name, "failed")
             raise
-        self.console.finished(run.name, status)
-        extra = f": {detail}" if detail and status != "finished" else ""
-        say(f"[{status}] {run.name} ({time.time() - t:.0f} s){extra}")
-        return status, detail
+        for run, status, detail in ended:
+            self.console.finished(run.name, status)
+            extra = f": {detail}" if detail and status != "finished" else ""
+            say(f"[{status}] {run.name} ({time.time() - t:.0f} s){extra}")
+        return ended
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -333,8 +317,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workdir", required=True, help="study directory")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                    help="ad-hoc sweep of a config key (repeat for a product)")
-    p.add_argument("--workers", type=int, default=1, help="parallel runs (default 1)")
-    p.add_argument("--dry-run", action="store_true", help="print each run's command, run nothing")
+    p.add_argument("--workers", type=int, default=1,
+                   help="trainers at once (default 1), each a run or a pack")
+    p.add_argument("--pack", default=None, metavar="K|auto",
+                   help="train up to K runs of one network as one program (training/pack.py); "
+                        "auto: measured; default: the config file's pack(arg), else 1")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each trainer's command, run nothing")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     p.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
     p.add_argument("--train-script", default=os.path.join(REPO, "train.py"),
@@ -343,6 +332,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.overrides = command_line.parse_overrides(extra)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.pack is not None:
+        args.pack = sweep_packs.parse_pack(args.pack)
     args.swept = []
     for item in args.sweep:
         key, sep, values = item.partition("=")
@@ -357,23 +348,34 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         runs = plan(args.config, args.workdir, args.overrides, args.swept, args.python,
                     args.train_script)
+        pack = args.pack if args.pack is not None else sweep_packs.default_pack(args.config)
+        size = pack if pack != "auto" else sweep_packs.AutoSize(
+            args.python, absolute_config(args.config),
+            trainer_env(Launcher._devices(), args.workers, 0),
+            sys.stderr if args.dry_run else sys.stdout)  # stdout: the dry run's commands
+        packs = sweep_packs.make_packs(runs, size, python=args.python,
+                                       train_script=os.path.abspath(args.train_script),
+                                       config=absolute_config(args.config))
     except ValueError as e:
         return command_line.bad_input(e)
     if args.dry_run:
-        for run in runs:
-            print(shlex.join(run.command))
+        for p in packs:
+            print(shlex.join(p.command()))
         return 0
+    pack_of = {run.name: p for p in packs for run in p.runs}
     try:
         os.makedirs(args.workdir, exist_ok=True)
         write_json_atomic(os.path.join(args.workdir, "sweep.json"), {
             "config": args.config, "overrides": args.overrides, "sweep": args.swept,
-            "runs": [{"name": r.name, "overrides": r.overrides, "command": r.command}
-                     for r in runs]})
+            "pack": pack, "runs": [{"name": r.name, "overrides": r.overrides,
+                                    "pack": pack_of[r.name].index,
+                                    "command": pack_of[r.name].command()} for r in runs]})
     except OSError as e:
         return command_line.bad_input(f"cannot write the study directory {args.workdir}: "
                                       f"{e.strerror}")
-    print(f"{len(runs)} runs in {args.workdir}", flush=True)
-    launcher = Launcher(runs, args.workers)
+    trainers = f" in {len(packs)} pack{'s' * (len(packs) > 1)}" if len(packs) < len(runs) else ""
+    print(f"{len(runs)} runs{trainers} in {args.workdir}", flush=True)
+    launcher = Launcher(packs, args.workers)
     results = launcher.launch()
     counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(results.items()))
     print(f"sweep done: {counts}")

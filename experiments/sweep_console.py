@@ -91,6 +91,7 @@ class _Live:
 
     tail: LogTail
     resumed: bool  # its first step line counts as done before this launcher
+    label: str  # who its [progress] lines name; "" for none (a pack's other runs)
     first: tuple[float, int] | None = None  # (time, step) of its first step line
     quarter: int = 0  # off a terminal: the last 25% mark reported
     reported: float = 0.0  # when its last line was printed
@@ -145,10 +146,16 @@ class Console:
             self.ended[name] = (steps or 0, steps or 0)
             self.base += steps or 0
 
-    def started(self, name: str, log_path: str, offset: int, resumed: bool) -> None:
-        """A trainer started, writing to ``log_path`` from byte ``offset`` on."""
+    def started(self, name: str, log_path: str, offset: int, resumed: bool,
+                label: str | None = None) -> None:
+        """A trainer started, writing to ``log_path`` from byte ``offset`` on.
+
+        ``label`` names the run in its ``[progress]`` lines (default: ``name``);
+        ``""`` prints none (the runs of a pack share one trainer's progress).
+        """
         with _PRINT_LOCK:
-            self.live[name] = _Live(LogTail(log_path, offset), resumed, reported=self.clock())
+            self.live[name] = _Live(LogTail(log_path, offset), resumed,
+                                    name if label is None else label, reported=self.clock())
 
     def finished(self, name: str, status: str) -> None:
         """A trainer ended: a finished run counts all its steps, any other those it did."""
@@ -218,7 +225,7 @@ class Console:
             live.first = (now, tail.step)
             if live.resumed:
                 self.base += tail.step
-        if not report or tail.step >= tail.total:
+        if not report or not live.label or tail.step >= tail.total:
             return
         quarter = min(3, 4 * tail.step // max(tail.total, 1))
         if quarter > live.quarter or now - live.reported >= REPORT_EVERY_S:
@@ -228,7 +235,7 @@ class Console:
             if tail.step > s0 and now > t0:
                 left = (tail.total - tail.step) * (now - t0) / (tail.step - s0)
                 note += f", ~{_duration(left)} left"
-            self.stream.write(f"[progress] {name}: {tail.line} ({note})\n")
+            self.stream.write(f"[progress] {live.label}: {tail.line} ({note})\n")
             self.stream.flush()
 
     def counts(self) -> tuple[int, int | None]:
