@@ -202,7 +202,10 @@ def make_packed_step(config: ml_collections.ConfigDict, sched: schedule.Schedule
     ``packed.hparams``); ``batch`` holds every run's batch, leaves (K, B, ...)
     (``PackedFeed``); ``metrics`` are each run's ``loss`` and ``error``, (K,).
     Only the runs at the pack's step whose loss has stayed finite move on
-    (``PackedState.step``); the others' metrics are to be ignored.
+    (``PackedState.step``); the others' metrics are to be ignored. A run
+    stops after its first non-finite step (``first_bad_step``), with the
+    state that step left: never saved, since its last checkpoint is the
+    last finite state.
 
     Data parallelism as for a lone run (``parallel.data_parallel``): one
     ``jax.shard_map`` over the mesh, the pack replicated, each batch split
@@ -216,20 +219,23 @@ def make_packed_step(config: ml_collections.ConfigDict, sched: schedule.Schedule
                          f"got {strategy!r}")
 
     def one_run(state, batch, hparams, pack_step, axis_name):
-        # The optimizer closes over momentum and weight decay: each run's is built
-        # from its own traced values, inside the program.
-        cfg = run_config(config, hparams)
-        new, metrics = steps.train_step(
-            state.replace(tx=optimizer.make_optimizer(cfg)), batch, config=cfg,
-            sched=sched, class_weights=class_weights, axis_name=axis_name)
-        new = new.replace(tx=state.tx)  # no tracer may leave in the static part
-        # A run ahead of the pack, or one whose loss stopped being finite (this step
-        # included), keeps its state: it neither moves on nor takes a non-finite step.
+        def train(state):
+            # The optimizer closes over momentum and weight decay: each run's is built
+            # from its own traced values, inside the program.
+            cfg = run_config(config, hparams)
+            new, metrics = steps.train_step(
+                state.replace(tx=optimizer.make_optimizer(cfg)), batch, config=cfg,
+                sched=sched, class_weights=class_weights, axis_name=axis_name)
+            return new.replace(tx=state.tx), metrics  # no tracer may leave the static part
+
+        def wait(state):
+            return state, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), metrics_shape)
+
+        # A run ahead of the pack, or one whose loss stopped being finite, waits: under
+        # 'map' it is not computed at all; under 'vmap' both branches are, and selected.
+        metrics_shape = jax.eval_shape(train, state)[1]
         active = (state.step == pack_step) & (state.first_bad_step < 0)
-        keep = active & (new.first_bad_step < 0)
-        kept = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state)
-        return kept.replace(first_bad_step=jnp.where(active, new.first_bad_step,
-                                                     state.first_bad_step)), metrics
+        return jax.lax.cond(active, train, wait, state)
 
     def body(packed, batch, axis_name):
         run = functools.partial(one_run, pack_step=packed.step, axis_name=axis_name)

@@ -14,10 +14,10 @@ ensembles, fine-tuning, and resuming it alone or in another pack.
   written before a kill, their neighbours' not) wait, unchanged, until the
   pack reaches their step (``pack.stack_states``), so every run ends as if
   trained in one go.
-- Divergence: a run whose loss stops being finite keeps its last finite
-  state, is recorded ``diverged`` in its own ``summary.json`` (as a lone
-  run would be, with its last checkpoint kept) and is left out from then
-  on; the others go on.
+- Divergence: a run whose loss stops being finite stops there (the pack's
+  step skips it), is recorded ``diverged`` in its own ``summary.json`` (as
+  a lone run would be, with its last checkpoint kept) and is left out from
+  then on; the others go on.
 - SIGTERM/SIGINT: every run's checkpoint of the current log step, then
   ``exits.Interrupted``, as for a lone run.
 """
