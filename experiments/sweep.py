@@ -10,7 +10,7 @@ times the product of the ``--sweep`` lists. Each run has its own directory,
 ``train.log`` there. ``--pack K`` trains up to K runs of one network that
 differ only in seed or scalar optimizer/schedule values as one pack: one
 ``train.py --run DIR ... --run DIR ...`` subprocess (``sweep_packs``; ``auto``:
-K measured on the machine, 1 on CPU; default: the config file's ``pack(arg)``,
+K measured on the machine, up to 4 on CPU; default: the config file's ``pack(arg)``,
 else 1, one ``train.py --workdir DIR`` per run). Paths in the commands are
 absolute (the config file's is resolved against the working directory once,
 in ``plan``), so ``--dry-run``'s commands (one per trainer) run from any directory.

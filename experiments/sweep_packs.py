@@ -38,6 +38,7 @@ from typing import TextIO
 import ml_collections
 
 from data.datasets import IN_MEMORY_DATASETS
+from experiments.pack_size import CPU_PACK
 from training import command_line, exits
 from training import pack as packing
 from training.run_dir import read_json
@@ -139,8 +140,9 @@ def default_pack(config_path: str) -> int | str:
 class AutoSize:
     """``--pack auto``: each group's K, measured by ``experiments.pack_size`` in a subprocess.
 
-    Once a probe says the backend is the CPU (K is 1 there), no other group is
-    probed; nor is a group with fewer than two runs left to train (K changes nothing).
+    Once a probe says the backend is the CPU (where K is ``pack_size.CPU_PACK``,
+    unmeasured), no other group is probed; nor is a group with fewer than two
+    runs left to train (K changes nothing).
     """
 
     def __init__(self, python: str, config: str, env: dict[str, str], out: TextIO):
@@ -149,8 +151,10 @@ class AutoSize:
 
     def __call__(self, runs: list[Run]) -> int:
         left = [run for run in runs if status_of(run.workdir) not in ("finished", "diverged")]
-        if len(left) < 2 or self.backend == "cpu":
+        if len(left) < 2:
             return 1
+        if self.backend == "cpu":
+            return min(len(runs), CPU_PACK)
         command = [self.python, "-m", "experiments.pack_size", self.config,
                    "--max-runs", str(len(runs)),
                    *(f"--config.{k}={v}" for k, v in runs[0].settings.items())]

@@ -190,7 +190,7 @@ def test_the_degradation_study_packs_the_seeds_of_each_network(tmp_path):
     assert sweep_packs.default_pack("configs/digits.py") == 1  # no pack(): 1
 
 
-def test_pack_defaults_to_the_config_files_and_auto_is_1_on_cpu(files, tmp_path):
+def test_pack_defaults_to_the_config_files_and_auto_packs_on_cpu_unmeasured(files, tmp_path):
     config, _ = files
     study = str(tmp_path / "s")
     assert len(_dry_run(str(config), "--workdir", study).stdout.splitlines()) == 6
@@ -199,8 +199,8 @@ def test_pack_defaults_to_the_config_files_and_auto_is_1_on_cpu(files, tmp_path)
                .stdout.splitlines()) == 6
     auto = _dry_run(f"{config}:auto", "--workdir", study)  # the probe runs in a subprocess
     assert auto.returncode == 0, auto.stderr
-    assert len(auto.stdout.splitlines()) == 6 and "--run" not in auto.stdout
-    assert "pack auto: 1 on CPU" in auto.stderr
+    assert len(auto.stdout.splitlines()) == 2 and auto.stdout.count("--run") == 6
+    assert auto.stderr.count("pack auto: 3 on CPU (not measured") == 1  # one line, one probe
 
 
 @pytest.mark.parametrize("arg,args,message", [
@@ -301,12 +301,13 @@ def test_a_pack_of_one_is_a_plain_run(files, tmp_path):
     assert "--workdir" in calls and "--run" not in calls
 
 
-def test_auto_pack_size_is_1_on_cpu_and_for_streamed_data_without_measuring(capsys):
+def test_auto_pack_size_on_cpu_and_for_streamed_data_is_not_measured(capsys):
     def never(config, k):
         raise AssertionError("measured")
 
-    assert pack_size.auto_pack_size(tiny_config(), 8, measure_fn=never) == 1  # JAX's: cpu
-    assert "pack auto: 1 on CPU" in capsys.readouterr().out
+    assert pack_size.auto_pack_size(tiny_config(), 8, measure_fn=never) == 4  # JAX's: cpu
+    assert "pack auto: 4 on CPU (not measured" in capsys.readouterr().out
+    assert pack_size.auto_pack_size(tiny_config(), 3, "cpu", measure_fn=never) == 3
     streamed = command_line.load_config("configs/imagenet.py:resnet-18")
     assert pack_size.auto_pack_size(streamed, 8, "gpu", measure_fn=never) == 1
     assert "in-memory dataset" in capsys.readouterr().out
