@@ -352,3 +352,29 @@ def test_the_forced_probe_measures_packs_on_this_device(capsys):
     line = capsys.readouterr().out
     assert k in (1, 2), line
     assert "pack auto: images/s on gpu (batch 32 per run) K=1: " in line and "K=2: " in line
+
+
+def test_a_real_pack_through_the_launcher(tmp_path):
+    """The real train.py as the launcher's trainer: one pack of 2 seeds, each run its own.
+
+    (That a packed run's numbers are its lone run's: tests/test_pack_train.py.)
+    """
+    from conftest import TINY, read_metrics
+
+    study = tmp_path / "study"
+    out = subprocess.run([sys.executable, "-m", "experiments.sweep",
+                          "configs/digits.py:resnet-14", "--workdir", str(study),
+                          "--sweep", "seed=0,1", "--pack", "2", "--no-report",
+                          *(f"--config.{k}={v}" for k, v in TINY.items())],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 runs in 1 pack" in out.stdout and "sweep done: 2 finished" in out.stdout
+    first_losses = set()
+    for name, seed in (("seed=0", 0), ("seed=1", 1)):
+        assert "2 runs in one pack" in (study / name / "train.log").read_text()
+        assert sweep_packs.read_summary(str(study / name))["status"] == "finished"
+        assert json.loads((study / name / "config.json").read_text())["seed"] == seed
+        lines = read_metrics(study / name)
+        assert [line["step"] for line in lines] == [5, 10, 15, 20]
+        first_losses.add(lines[0]["train_loss"])
+    assert len(first_losses) == 2
