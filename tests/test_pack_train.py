@@ -99,7 +99,7 @@ def test_a_diverging_run_stops_while_the_others_go_on(tmp_path, alone_root, caps
     assert err.strip().splitlines()[-1].startswith("error: diverged: ")
     good, bad = (load_json(w / "summary.json") for w, _ in runs)
     assert good["status"] == "finished"
-    _assert_same_numbers(runs[0][0], _alone(alone_root, 0, 0.1)[0])
+    _assert_same_numbers(runs[0][0], _alone(alone_root, 0)[0])  # 0.1: the default lr
     alone_bad, code = _alone(alone_root, 0, 1e6)
     assert code == exits.EXIT_DIVERGED
     want = load_json(os.path.join(alone_bad, "summary.json"))
