@@ -58,9 +58,12 @@ def measure(config: ml_collections.ConfigDict, runs: int, *, steps: int = PROBE_
     """Images/s (every run's) of ``runs`` runs of ``config`` packed; 1: the lone run's step."""
     from experiments import benchmark  # noqa: PLC0415 - JAX only where it is measured
 
-    result = benchmark.benchmark(copy.deepcopy(config), steps_per_chunk=steps, repeats=repeats,
-                                 synthetic=True, conv_bound=False,
-                                 pack_runs=None if runs == 1 else runs)
+    try:
+        result = benchmark.benchmark(copy.deepcopy(config), steps_per_chunk=steps,
+                                     repeats=repeats, synthetic=True, conv_bound=False,
+                                     pack_runs=None if runs == 1 else runs)
+    finally:
+        gc.collect()  # the measured pack's buffers, before the next one
     return float(result["images_per_sec"])
 
 
@@ -111,8 +114,6 @@ def _auto(config: ml_collections.ConfigDict, max_runs: int, backend: str | None,
                 raise
             oom = k
             break
-        finally:
-            gc.collect()  # the measured pack's buffers, before the next one
     k = choose(measured)
     shown = ", ".join(f"K={n}: {v:,.0f}" for n, v in measured.items())
     if oom is not None:
