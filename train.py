@@ -118,8 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         except ValueError as e:
             raise RuntimeError(f"internal error after the input was validated: {e}") from e
         finally:
-            with contextlib.suppress(Exception):  # a failed save was reported where it surfaced
-                ckpt.close()
+            ckpt.close_quietly()
             run.close()
 
 
@@ -167,7 +166,7 @@ def train_pack(configs: list[ml_collections.ConfigDict], workdirs: list[str], *,
                 run.prepare(configs[i].to_dict(), allow_config_change=allow_config_change)
                 ckpt = checkpoints.Checkpointer(workdirs[i], configs[i].keep_checkpoints,
                                                 is_writer=run.is_writer)
-                opened.callback(_close_quietly, ckpt)
+                opened.callback(ckpt.close_quietly)
                 members.append(pack_train.PackedRun(configs[i], workdirs[i], run, ckpt))
             try:
                 done = pack_train.train_pack_loop(members, mesh, feed, sched, stop)
@@ -176,11 +175,6 @@ def train_pack(configs: list[ml_collections.ConfigDict], workdirs: list[str], *,
         for i, summary in zip(todo, done, strict=True):
             summaries[i] = summary
         return summaries
-
-
-def _close_quietly(ckpt: checkpoints.Checkpointer) -> None:
-    with contextlib.suppress(Exception):  # a failed save was reported where it surfaced
-        ckpt.close()
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
@@ -206,12 +200,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh, feed,
     chunk = dispatch.make_train_chunk(feed, step_fn, log_every=config.log_every_steps,
                                       total_steps=sched.total_steps, start_step=start,
                                       loop_on_device=config.loop_on_device)
-    def last_checkpoint() -> int | None:
-        """The newest complete checkpoint on disk, once the saves in flight have ended."""
-        with contextlib.suppress(Exception):  # a failed save leaves no step directory
-            ckpt.wait()
-        return max(checkpoints.checkpoint_steps(workdir), default=None)
-
+    last_checkpoint = ckpt.last_complete_step
     if start < sched.total_steps:
         progress.say(f"compiling the training step of {models.spec_from_config(config.model).name}"
                      f" ({num_params:,} parameters); the first log line follows at step "

@@ -67,6 +67,15 @@ def train_cmd(workdir, *extra):
             "--workdir", str(workdir), *args, *extra]
 
 
+def launch_sweep(config, fake_train, study, *extra):
+    """The sweep launcher on ``config`` with ``fake_train`` standing in for train.py."""
+    import subprocess  # noqa: PLC0415
+
+    return subprocess.run([sys.executable, "-m", "experiments.sweep", str(config), "--workdir",
+                           str(study), "--train-script", str(fake_train), "--no-report", *extra],
+                          capture_output=True, text=True)
+
+
 def run_parts(config, data=None, num_train=None):
     """What ``train.train_and_evaluate`` builds before its loop, without a run directory.
 

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import launch_sweep
 
 from experiments import sweep, sweep_console
 
@@ -95,22 +96,16 @@ def test_dry_run_prints_one_runnable_command_per_run(files, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
-def _launch(config, fake, study, *extra):
-    return subprocess.run([sys.executable, "-m", "experiments.sweep", str(config), "--workdir",
-                           str(study), "--train-script", str(fake), "--no-report", *extra],
-                          capture_output=True, text=True)
-
-
 def test_failures_do_not_stop_the_study_and_finished_runs_are_skipped(files, tmp_path):
     config, fake = files
     study = tmp_path / "study"
-    out = _launch(config, fake, study, "--workers", "2")
+    out = launch_sweep(config, fake, study, "--workers", "2")
     assert out.returncode == 1
     assert "3 finished" in out.stdout and "1 failed" in out.stdout
     assert "failed: depth=56,plain=True: error: boom" in out.stdout
     failed = json.loads((study / "depth=56,plain=True" / "summary.json").read_text())
     assert failed["status"] == "failed" and failed["error"] == "error: boom"
-    out = _launch(config, fake, study)
+    out = launch_sweep(config, fake, study)
     calls = {d.name: len((d / "calls.txt").read_text().splitlines())
              for d in study.iterdir() if d.is_dir()}
     assert calls == {"depth=20,plain=True": 1, "depth=20,plain=False": 1,
@@ -124,7 +119,7 @@ def test_off_a_terminal_each_run_names_its_log_and_ends_before_the_next_starts(f
                                                                              tmp_path):
     config, fake = files
     study = tmp_path / "study"
-    out = _launch(config, fake, study)  # one worker: the runs go one after the other
+    out = launch_sweep(config, fake, study)  # one worker: the runs go one after the other
     names = ["depth=20,plain=True", "depth=56,plain=True", "depth=20,plain=False",
              "depth=56,plain=False"]
     ends = ["[finished]", "[failed]", "[finished]", "[finished]"]
@@ -224,7 +219,7 @@ def test_a_live_lock_skips_the_run_and_a_stale_one_is_taken_over(files, tmp_path
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     (stale / ".lock").write_text(json.dumps({"pid": int(dead), "host": host}))
-    out = _launch(config, fake, study)
+    out = launch_sweep(config, fake, study)
     assert "[locked] depth=20,plain=True" in out.stdout
     assert not (live / "calls.txt").exists()
     assert (stale / "calls.txt").exists() and not (stale / ".lock").exists()

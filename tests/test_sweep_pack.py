@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import launch_sweep, tiny_config
 
 from experiments import pack_size, sweep, sweep_packs
 from training import command_line
@@ -235,12 +235,6 @@ def test_auto_probes_only_groups_with_runs_left_and_a_failed_probe_means_no_pack
     assert out.getvalue() == "pack auto: the probe of s0 failed (exit status 1): no packing\n"
 
 
-def _launch(config, fake, study, *extra):
-    return subprocess.run([sys.executable, "-m", "experiments.sweep", str(config), "--workdir",
-                           str(study), "--train-script", str(fake), "--no-report", *extra],
-                          capture_output=True, text=True)
-
-
 def test_one_trainer_per_pack_each_run_with_its_own_log_lock_and_status(files, tmp_path):
     config, fake = files
     study = tmp_path / "study"
@@ -249,7 +243,7 @@ def test_one_trainer_per_pack_each_run_with_its_own_log_lock_and_status(files, t
     (done / "summary.json").write_text(json.dumps({"status": "finished", "steps": 2}))
     held.mkdir()
     (held / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    out = _launch(config, fake, study, "--pack", "3", "--workers", "2")
+    out = launch_sweep(config, fake, study, "--pack", "3", "--workers", "2")
     assert out.returncode == 1, out.stdout + out.stderr  # the depth-56 pack failed
     assert "6 runs in 2 packs" in out.stdout
     assert "[skip] depth=20,seed=0: already finished" in out.stdout
@@ -294,7 +288,7 @@ def test_one_trainer_per_pack_each_run_with_its_own_log_lock_and_status(files, t
 def test_a_pack_of_one_is_a_plain_run(files, tmp_path):
     config, fake = files
     study = tmp_path / "study"
-    out = _launch(config, fake, study)  # the file's pack(): None, so 1
+    out = launch_sweep(config, fake, study)  # the file's pack(): None, so 1
     assert "[start] depth=20,seed=0 (log: " in out.stdout and "; pack" not in out.stdout
     assert "6 runs in " in out.stdout and "packs" not in out.stdout
     calls = (study / "depth=20,seed=0" / "calls.txt").read_text()

@@ -13,6 +13,7 @@ newest one that restores and moves the damaged ones aside, into
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any
@@ -103,6 +104,21 @@ class Checkpointer:
             target = os.path.join(self.workdir, DAMAGED_DIR, f"{step}.{n}")
         os.rename(os.path.join(self.workdir, "checkpoints", str(step)), target)
         return target
+
+    def last_complete_step(self) -> int | None:
+        """The newest complete checkpoint on disk, once the saves in flight have ended.
+
+        What a failed write reports as the run's restart point
+        (``exits.writing``): a save that failed left no step directory.
+        """
+        with contextlib.suppress(Exception):
+            self.wait()
+        return max(checkpoint_steps(self.workdir), default=None)
+
+    def close_quietly(self) -> None:
+        """Closes, saying nothing of a failed save (reported where it surfaced)."""
+        with contextlib.suppress(Exception):
+            self.close()
 
     def wait(self) -> None:
         """Blocks until pending saves are on disk (raises if one failed)."""

@@ -24,7 +24,6 @@ ensembles, fine-tuning, and resuming it alone or in another pack.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -65,10 +64,7 @@ class PackedRun:
     diverged: bool = False
 
     def last_checkpoint(self) -> int | None:
-        """The newest complete checkpoint on disk, once the saves in flight have ended."""
-        with contextlib.suppress(Exception):  # a failed save leaves no step directory
-            self.ckpt.wait()
-        return max(checkpoints.checkpoint_steps(self.workdir), default=None)
+        return self.ckpt.last_complete_step()
 
 
 def _restore(member: PackedRun, mesh) -> steps.TrainState:
