@@ -24,6 +24,7 @@ ensembles, fine-tuning, and resuming it alone or in another pack.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -96,7 +97,7 @@ def train_pack_loop(members: Sequence[PackedRun], mesh, feed: Any, sched: schedu
     configs = [m.config for m in members]
     config = configs[0]
     packed = replicate(pack.stack_states(configs, [_restore(m, mesh) for m in members]), mesh)
-    num_params = sum(x.size for x in jax.tree.leaves(pack.unpack(packed, 0).params))
+    num_params = sum(math.prod(x.shape[1:]) for x in jax.tree.leaves(packed.runs.params))
     weights = (statistics.inverse_frequency_weights(feed.class_counts)
                if config.imbalance.counter == "reweight" else None)
     step_fn = pack.make_packed_step(config, sched, mesh, strategy=strategy,
@@ -140,7 +141,7 @@ def train_pack_loop(members: Sequence[PackedRun], mesh, feed: Any, sched: schedu
                 m.run.metrics.append(line)
             lines.append(line)
         if lines:
-            bar.update(_pack_line(lines, len(members)))
+            bar.update(_pack_line(lines))
         t_log = time.time()
         if (step % config.checkpoint_every_steps == 0 or step == sched.total_steps
                 or stop.signum is not None):
@@ -189,7 +190,7 @@ def _set_plateau(packed: pack.PackedState, k: int, plateau: schedule.PlateauStat
     return packed.replace(runs=packed.runs.replace(plateau=replicate(host, mesh)))
 
 
-def _pack_line(lines: list[dict], num_runs: int) -> dict:
+def _pack_line(lines: list[dict]) -> dict:
     """The progress bar's line of a log step: the mean over the runs that took it."""
     out = {"step": lines[0]["step"],
            "images_per_sec": sum(line["images_per_sec"] for line in lines)}
