@@ -40,6 +40,7 @@ from data.device import replicate
 from training import (
     checkpoints,
     command_line,
+    compile_cache,
     dispatch,
     distributed,
     exits,
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit code (``training.exits``)."""
     exits.die_with_parent()
     exits.quiet_failed_saves()
+    compile_cache.enable()
     try:
         args = command_line.parse_train_args(sys.argv[1:] if argv is None else argv)
         runs = args.runs or [(args.workdir, {})]

@@ -52,7 +52,7 @@ from data import datasets, feeds
 from data.device import replicate
 from models import conv
 from models.summary import iter_eqns, module_macs
-from training import command_line, dispatch, pack, parallel, schedule, steps
+from training import command_line, compile_cache, dispatch, pack, parallel, schedule, steps
 from training.compile_options import jit
 
 
@@ -276,6 +276,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    compile_cache.enable()
     try:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         config = command_line.load_config(args.config, overrides)

@@ -48,7 +48,7 @@ from configs import default
 from data import datasets
 from data.device import replicate
 from data.feeds import InMemoryFeed
-from training import command_line, measure, parallel, steps
+from training import command_line, compile_cache, measure, parallel, steps
 from training.checkpoints import Checkpointer
 from training.run_dir import read_json, write_json_atomic
 
@@ -300,6 +300,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    compile_cache.enable()
     if argv in (["-h"], ["--help"]):
         print(__doc__)
         return 0

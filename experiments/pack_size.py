@@ -31,7 +31,7 @@ from typing import TextIO
 import ml_collections
 
 from data.datasets import IN_MEMORY_DATASETS
-from training import command_line, exits
+from training import command_line, compile_cache, exits
 
 CANDIDATES = (1, 2, 4, 8, 16)
 CPU_PACK = 4  # the largest pack measured on CPU (no slower per image than a lone run)
@@ -125,6 +125,7 @@ def _auto(config: ml_collections.ConfigDict, max_runs: int, backend: str | None,
 
 def main(argv: list[str] | None = None) -> int:
     exits.die_with_parent()  # started by the sweep launcher: not to outlive it
+    compile_cache.enable()
     p = command_line.ArgumentParser(prog="python -m experiments.pack_size",
                                     description=__doc__.splitlines()[0])
     p.add_argument("config", help="configs/FILE.py[:ARG]")
