@@ -2,17 +2,30 @@
 
 The environment is set before JAX initialises. Tests use tiny models and few
 steps, where XLA compile time dominates, so most compiler optimisations are
-switched off. Subprocesses started by tests inherit the same environment
-variables. Test modules import the helpers below with ``from conftest import ...``.
+switched off, and every process of the suite (pytest-xdist workers and the
+``train.py`` subprocesses they start, which inherit these variables) shares
+one persistent compilation cache (``training.compile_cache``), in a
+directory of its own beside the users' one: each program is compiled once
+per machine, not once per test.
+
+Expensive runs are trained once per session and shared (``shared_run``):
+tests read them, or copy them into their own directory to change them. Test
+modules import the helpers below with ``from conftest import ...``.
 """
 
+import contextlib
 import functools
+import io
 import json
 import os
+import shutil
 import sys
+import time
 import types
 
 import numpy as np
+
+from training import compile_cache
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (
@@ -20,11 +33,14 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", compile_cache.default_dir() + "-tests")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)
+compile_cache.enable()
 
+import filelock  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -50,6 +66,14 @@ def tiny_config(path="configs/digits.py:resnet-14", **overrides):
                                            **{k: str(v) for k, v in overrides.items()}})
 
 
+TIMING = ("images_per_sec", "elapsed_s")  # metrics that vary from one run to the next
+
+
+def without_timing(lines):
+    """Metrics lines less their timing fields: what two runs of one config must agree on."""
+    return [{k: v for k, v in line.items() if k not in TIMING} for line in lines]
+
+
 def load_json(path):
     with open(path) as f:
         return json.load(f)
@@ -58,6 +82,83 @@ def load_json(path):
 def read_metrics(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def tiny_argv(workdir, path="configs/digits.py:resnet-14", **overrides):
+    """``train.main``'s arguments for the tiny run in ``workdir``, with ``key=value`` overrides."""
+    settings = {**TINY, **{k: str(v) for k, v in overrides.items()}}
+    return ["--config", path, "--workdir", str(workdir),
+            *[f"--config.{k}={v}" for k, v in settings.items()]]
+
+
+def checkpoint_steps(workdir):
+    """The complete checkpoints of a run, oldest first (none: [])."""
+    path = os.path.join(workdir, "checkpoints")
+    return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
+
+
+def wait_until(condition, *, proc=None, timeout=300, what="the condition"):
+    """Polls ``condition()`` until it holds; fails if ``proc`` ends first or time runs out.
+
+    Kill tests use it to strike when the run has written something (a
+    checkpoint, a metrics line), not after a guessed sleep.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.005)
+
+
+def _shared_root(tmp_path_factory):
+    """A directory every pytest-xdist worker of this session sees (the base temp's parent)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-runs"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def shared_run(tmp_path_factory, name, argv):
+    """The run ``train.main(argv + ['--workdir', DIR])`` trains, once per test session.
+
+    Every worker of the session gets the same directory (the first to ask
+    trains it, under a file lock, the others wait for it). Tests must not
+    change it: ``copy_run`` it into their own directory first. Returns
+    ``(workdir, result)``: the exit code, stdout and stderr of the training.
+    Files get mode 0644 (umask 022), whatever the caller's umask.
+    """
+    root = _shared_root(tmp_path_factory)
+    workdir, done = root / name, root / f"{name}.json"
+    with filelock.FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            import train  # noqa: PLC0415
+
+            shutil.rmtree(workdir, ignore_errors=True)
+            out, err = io.StringIO(), io.StringIO()
+            old_mask = os.umask(0o022)
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    code = train.main([*argv, "--workdir", str(workdir)])
+            finally:
+                os.umask(old_mask)
+            done.write_text(json.dumps({"code": code, "stdout": out.getvalue(),
+                                        "stderr": err.getvalue()}))
+    return workdir, types.SimpleNamespace(**json.loads(done.read_text()))
+
+
+def copy_run(src, dst):
+    """A copy of a run directory (a shared run) that a test may change; returns ``dst``."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def tiny_run(tmp_path_factory, **overrides):
+    """The tiny run (``TINY`` with these overrides), trained once per session: (dir, result)."""
+    name = "tiny" + "".join(f",{k}={v}" for k, v in sorted(overrides.items()))
+    argv = tiny_argv("unused", **overrides)
+    return shared_run(tmp_path_factory, name, argv[:2] + argv[4:])
 
 
 def train_cmd(workdir, *extra):

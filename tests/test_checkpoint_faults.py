@@ -6,22 +6,23 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import TINY, read_metrics, tiny_config, train_cmd
+from conftest import (
+    copy_run,
+    read_metrics,
+    tiny_argv,
+    tiny_config,
+    tiny_run,
+    train_cmd,
+    without_timing,
+)
 
 import train
 from training import checkpoints, exits, run_dir, tb_events
 
-TIMING = ("images_per_sec", "elapsed_s")
-
-
-def _without_timing(lines):
-    return [{k: v for k, v in line.items() if k not in TIMING} for line in lines]
-
 
 def _argv(workdir):
     """``train.main``'s arguments for the tiny run, checkpointing every 5 steps."""
-    return ["--config", "configs/digits.py:resnet-14", "--workdir", str(workdir),
-            *[f"--config.{k}={v}" for k, v in {**TINY, "checkpoint_every_steps": "5"}.items()]]
+    return tiny_argv(workdir, checkpoint_every_steps=5)
 
 
 def _steps_on_disk(workdir):
@@ -42,22 +43,29 @@ def _fail_at(monkeypatch, target, method, step, error):
     return real
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
-    """The metrics of the tiny run trained in one go (checkpoints every 5 steps)."""
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    train.train_and_evaluate(tiny_config(checkpoint_every_steps=5), str(workdir))
-    return _without_timing(read_metrics(workdir))
+    """The metrics of the tiny run trained in one go (the checkpoint interval changes none)."""
+    return without_timing(read_metrics(tiny_run(tmp_path_factory)[0]))
 
 
-def _stopped_at_15(workdir, monkeypatch):
+@pytest.fixture(scope="module")
+def stopped_at_15(tmp_path_factory):
     """A run that stopped at step 15 (its metrics line failed): checkpoints 5 and 10."""
-    real = _fail_at(monkeypatch, run_dir.MetricsLog, "append", 15,
-                    OSError(errno.ENOSPC, "No space left on device"))
-    with pytest.raises(exits.WriteFailed):
-        train.train_and_evaluate(tiny_config(checkpoint_every_steps=5), str(workdir))
-    monkeypatch.setattr(run_dir.MetricsLog, "append", real)
+    workdir = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _fail_at(monkeypatch, run_dir.MetricsLog, "append", 15,
+                 OSError(errno.ENOSPC, "No space left on device"))
+        with pytest.raises(exits.WriteFailed):
+            train.train_and_evaluate(tiny_config(checkpoint_every_steps=5), str(workdir))
     assert _steps_on_disk(workdir) == [5, 10]
+    return workdir
+
+
+def _stopped_at_15(workdir, stopped_at_15):
+    """A copy of ``stopped_at_15`` in ``workdir`` (emptied first: tmp_path exists)."""
+    workdir.rmdir()
+    copy_run(stopped_at_15, workdir)
 
 
 def _truncate_large_files(step_dir):
@@ -74,8 +82,8 @@ def _delete_metadata(step_dir):
 
 @pytest.mark.parametrize("damage", [_truncate_large_files, _delete_metadata])
 def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_ends_as_if_uninterrupted(
-        tmp_path, monkeypatch, capsys, uninterrupted, damage):
-    _stopped_at_15(tmp_path, monkeypatch)
+        tmp_path, capsys, uninterrupted, stopped_at_15, damage):
+    _stopped_at_15(tmp_path, stopped_at_15)
     damage(tmp_path / "checkpoints" / "10")
     capsys.readouterr()
     code = train.main(_argv(tmp_path))
@@ -85,13 +93,13 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_ends_as_if_unint
     assert "resuming from checkpoint 5" in warnings[0]
     moved = tmp_path / checkpoints.DAMAGED_DIR / "10"
     assert str(moved) in warnings[0] and moved.is_dir()  # kept, not deleted
-    assert _without_timing(read_metrics(tmp_path)) == uninterrupted
+    assert without_timing(read_metrics(tmp_path)) == uninterrupted
     assert _steps_on_disk(tmp_path) == [10, 15, 20]  # 10 written anew by the resumed run
 
 
 def test_when_no_checkpoint_restores_it_is_one_error_line_and_nothing_is_moved(
-        tmp_path, monkeypatch, capsys):
-    _stopped_at_15(tmp_path, monkeypatch)
+        tmp_path, capsys, stopped_at_15):
+    _stopped_at_15(tmp_path, stopped_at_15)
     for step in (5, 10):
         _delete_metadata(tmp_path / "checkpoints" / str(step))
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
@@ -149,7 +157,7 @@ def test_a_failed_write_is_exit_4_with_one_line_and_the_rerun_ends_as_if_uninter
     assert "internal error" not in err[0]
     monkeypatch.setattr(target, method, real)  # space freed: the rerun resumes from step 10
     assert train.main(argv) == 0
-    assert _without_timing(read_metrics(tmp_path)) == uninterrupted
+    assert without_timing(read_metrics(tmp_path)) == uninterrupted
 
 
 def test_a_real_bug_in_a_write_is_still_an_internal_error(tmp_path, monkeypatch):
@@ -160,12 +168,18 @@ def test_a_real_bug_in_a_write_is_still_an_internal_error(tmp_path, monkeypatch)
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A real 2 MiB tmpfs (needs mount rights: root in a container; skipped elsewhere)."""
+    """A real 8 MiB tmpfs (needs mount rights: root in a container; skipped elsewhere).
+
+    Room for the run's three kept checkpoints and one in flight once the
+    filler is gone, whatever their size on disk: TensorStore's OCDBT writes
+    a checkpoint as a varying number of small files (more on a busy
+    machine), each taking whole pages.
+    """
     mount = tmp_path / "tmpfs"
     mount.mkdir()
     if shutil.which("mount") is None or os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
                          capture_output=True, text=True)
     if out.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
@@ -174,14 +188,14 @@ def small_tmpfs(tmp_path):
 
 
 def test_a_really_full_disk_is_exit_4_and_the_run_resumes_once_space_is_freed(
-        small_tmpfs, tmp_path):
+        small_tmpfs, tmp_path_factory):
     extra = ("--config.checkpoint_every_steps=5", "--config.layer_responses=False")
-    reference = tmp_path / "reference"
-    subprocess.run(train_cmd(reference, *extra), check=True, capture_output=True)
+    reference, _ = tiny_run(tmp_path_factory)  # trained in one go: the numbers to end with
     newest = reference / "checkpoints" / "20"
-    checkpoint_bytes = sum(f.stat().st_size for f in newest.rglob("*") if f.is_file())
+    # On disk: whole blocks per file, as the tmpfs counts them.
+    checkpoint_bytes = sum(f.stat().st_blocks * 512 for f in newest.rglob("*") if f.is_file())
     stat = os.statvfs(small_tmpfs)
-    room = int(2.5 * checkpoint_bytes) + 64 * 1024  # a couple of checkpoints, then full
+    room = 3 * checkpoint_bytes + 64 * 1024  # a checkpoint or two, then full
     filler = small_tmpfs / "filler"
     filler.write_bytes(b"\0" * max(stat.f_bavail * stat.f_frsize - room, 0))
     workdir = small_tmpfs / "run"
@@ -194,4 +208,4 @@ def test_a_really_full_disk_is_exit_4_and_the_run_resumes_once_space_is_freed(
     filler.unlink()  # space freed: the rerun resumes and ends as if never stopped
     out = subprocess.run(train_cmd(workdir, *extra), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert _without_timing(read_metrics(workdir)) == _without_timing(read_metrics(reference))
+    assert without_timing(read_metrics(workdir)) == without_timing(read_metrics(reference))

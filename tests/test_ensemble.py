@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import load_json, read_metrics, tiny_config
+from conftest import copy_run, load_json, read_metrics, tiny_config, tiny_run
 
 import train
 from data import augment, datasets
@@ -20,8 +20,7 @@ from training.checkpoints import Checkpointer
 def runs(tmp_path_factory):
     """A residual and a plain net of other widths and seed, checkpoints at steps 10 and 20."""
     root = tmp_path_factory.mktemp("runs")
-    a, b = root / "resnet", root / "plain"
-    train.train_and_evaluate(tiny_config(layer_responses=False), str(a))
+    a, b = copy_run(tiny_run(tmp_path_factory)[0], root / "resnet"), root / "plain"
     train.train_and_evaluate(tiny_config("configs/digits.py:plain-14", seed=1,
                                          layer_responses=False,
                                          **{"model.widths": "(4,4,8)"}), str(b))

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import TINY, read_metrics, tiny_config
+from conftest import TINY, copy_run, read_metrics, tiny_config, tiny_run
 
 import train
 from data import datasets, tfds_source
@@ -256,16 +256,18 @@ def _tensorboard_series(workdir, tag):
 
 
 def test_a_resumed_run_shows_each_step_once_in_tensorboard_and_its_files_are_readable(
-        tmp_path):
+        tmp_path, tmp_path_factory):
     """Killed after logging step 15 with the last checkpoint at step 10 (the step-20
     checkpoint is removed): the resume drops 15 and 20 from metrics.jsonl, and TensorBoard
     must drop them too."""
-    config = tiny_config(layer_responses=False)
+    config = tiny_config()
+    tmp_path = copy_run(tiny_run(tmp_path_factory)[0], tmp_path / "run")  # trained, umask 022
+    shutil.rmtree(tmp_path / "checkpoints" / "20")
+    os.remove(tmp_path / "summary.json")
+    # tensorboardX names event files by the second: the resume's must get a new name.
+    written = max(int(n.split(".")[3]) for n in os.listdir(tmp_path) if ".tfevents." in n)
+    time.sleep(max(0.0, written + 1.05 - time.time()))
     with _umask(0o022):
-        train.train_and_evaluate(config, str(tmp_path))
-        shutil.rmtree(tmp_path / "checkpoints" / "20")
-        os.remove(tmp_path / "summary.json")
-        time.sleep(1.1)  # a new event file name (tensorboardX names them by the second)
         train.train_and_evaluate(config, str(tmp_path))
     steps = [m["step"] for m in read_metrics(tmp_path)]
     assert steps == [5, 10, 15, 20]

@@ -7,7 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import TINY, read_metrics, tiny_config
+from conftest import TINY, read_metrics, tiny_config, tiny_run
 from flax import nnx
 
 import models
@@ -36,13 +36,10 @@ def _fresh_head(config):
     return np.asarray(model.head.kernel[...])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def source(tmp_path_factory):
-    """A tiny digits run (10 steps, checkpoint at 5 and 10) to start from."""
-    workdir = tmp_path_factory.mktemp("source")
-    train.train_and_evaluate(tiny_config(num_steps=10, checkpoint_every_steps=5,
-                                         layer_responses=False), str(workdir))
-    return workdir
+    """The tiny digits run (20 steps, checkpoints at 10 and 20) to start from (read only)."""
+    return tiny_run(tmp_path_factory)[0]
 
 
 def _finetune_config(source, **overrides):
@@ -65,7 +62,7 @@ def test_import_copies_every_parameter_and_statistic_but_the_head(source):
             np.testing.assert_array_equal(value, want[key], err_msg=str(key))
     np.testing.assert_array_equal(got[("params", "head", "kernel")], _fresh_head(config))
     # from_step picks an older checkpoint: the copied values change.
-    older = finetune.import_source(_finetune_config(source, **{"finetune.from_step": 5}),
+    older = finetune.import_source(_finetune_config(source, **{"finetune.from_step": 10}),
                                    *nnx.split(model, nnx.Param, nnx.BatchStat, ...)[1:3])
     assert not np.array_equal(np.asarray(older[0]["stem"]["conv"]["kernel"][...]),
                               want[("params", "stem", "conv", "kernel")])
@@ -86,7 +83,7 @@ def test_frozen_layers_stay_bit_identical_and_the_rest_trains(tmp_path, source, 
     loaded = sum(k[1] != "head" for k in params)
     num_frozen = sum((k[1] if k[1] != "stages" else k[2]) in frozen for k in params)
     said = [x for x in capsys.readouterr().out.splitlines() if x.startswith("fine-tuning")]
-    assert said == [f"fine-tuning from {source} (checkpoint 10): loaded {loaded} of "
+    assert said == [f"fine-tuning from {source} (checkpoint 20): loaded {loaded} of "
                     f"{len(params)} parameter arrays and the BatchNorm statistics; the "
                     f"classifier head starts fresh; froze {freeze} ({num_frozen} parameter "
                     "arrays; their BatchNorm runs in inference mode)"]

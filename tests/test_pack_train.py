@@ -8,22 +8,27 @@ own, and an exact resume after the pack is killed mid-way, even when the
 runs' newest checkpoints are of different steps.
 """
 
-import functools
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import TINY, load_json, read_metrics
+from conftest import (
+    TINY,
+    checkpoint_steps,
+    load_json,
+    read_metrics,
+    tiny_run,
+    wait_until,
+    without_timing,
+)
 
 import train
 from training import exits
 
-TIMING = ("images_per_sec", "elapsed_s")
 SEEDS = (0, 1, 2)
 
 
@@ -40,13 +45,9 @@ def _pack_args(runs):
     return out
 
 
-def _without_timing(lines):
-    return [{k: v for k, v in line.items() if k not in TIMING} for line in lines]
-
-
 def _assert_same_numbers(got_dir, want_dir):
     """Two runs' metric lines agree: same steps and errors, losses to float32 rounding."""
-    got, want = _without_timing(read_metrics(got_dir)), _without_timing(read_metrics(want_dir))
+    got, want = without_timing(read_metrics(got_dir)), without_timing(read_metrics(want_dir))
     assert [g["step"] for g in got] == [w["step"] for w in want]
     for g, w in zip(got, want, strict=True):
         assert g.keys() == w.keys()
@@ -58,21 +59,14 @@ def _assert_same_numbers(got_dir, want_dir):
     assert summary["final_train_error"] == pytest.approx(alone["final_train_error"], abs=1e-6)
 
 
-@functools.cache
-def _alone(root, seed, lr=None):
+def _alone(tmp_path_factory, seed, lr=None):
     """The lone run of one seed (and learning rate), trained once per test session."""
-    workdir = os.path.join(root, f"alone-{seed}-{lr}")
-    extra = [] if lr is None else [f"--config.optimizer.lr={lr}"]
-    code = train.main([*_shared_args(), "--workdir", workdir, f"--config.seed={seed}", *extra])
-    return workdir, code
+    overrides = {**({"seed": seed} if seed else {}), **({"optimizer.lr": lr} if lr else {})}
+    workdir, result = tiny_run(tmp_path_factory, **overrides)
+    return str(workdir), result.code
 
 
-@pytest.fixture(scope="module")
-def alone_root(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("alone"))
-
-
-def test_a_pack_of_three_seeds_ends_where_each_seed_alone_ends(tmp_path, alone_root, capsys):
+def test_a_pack_of_three_seeds_ends_where_each_seed_alone_ends(tmp_path, tmp_path_factory, capsys):
     runs = [(tmp_path / f"seed={s}", {"seed": s}) for s in SEEDS]
     assert train.main(_pack_args(runs)) == 0
     out = capsys.readouterr().out
@@ -83,7 +77,7 @@ def test_a_pack_of_three_seeds_ends_where_each_seed_alone_ends(tmp_path, alone_r
         assert summary["status"] == "finished" and summary["steps"] == 20
         assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
         assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
-        alone, code = _alone(alone_root, seed)
+        alone, code = _alone(tmp_path_factory, seed)
         assert code == 0
         _assert_same_numbers(workdir, alone)
     # Each its own run: different seeds, different numbers.
@@ -91,7 +85,7 @@ def test_a_pack_of_three_seeds_ends_where_each_seed_alone_ends(tmp_path, alone_r
     assert len(set(losses)) == 3
 
 
-def test_a_diverging_run_stops_while_the_others_go_on(tmp_path, alone_root, capsys):
+def test_a_diverging_run_stops_while_the_others_go_on(tmp_path, tmp_path_factory, capsys):
     runs = [(tmp_path / "lr=0.1", {"optimizer.lr": 0.1}), (tmp_path / "lr=1e6",
                                                            {"optimizer.lr": 1e6})]
     assert train.main(_pack_args(runs)) == exits.EXIT_DIVERGED
@@ -99,8 +93,8 @@ def test_a_diverging_run_stops_while_the_others_go_on(tmp_path, alone_root, caps
     assert err.strip().splitlines()[-1].startswith("error: diverged: ")
     good, bad = (load_json(w / "summary.json") for w, _ in runs)
     assert good["status"] == "finished"
-    _assert_same_numbers(runs[0][0], _alone(alone_root, 0)[0])  # 0.1: the default lr
-    alone_bad, code = _alone(alone_root, 0, 1e6)
+    _assert_same_numbers(runs[0][0], _alone(tmp_path_factory, 0)[0])  # 0.1: the default lr
+    alone_bad, code = _alone(tmp_path_factory, 0, 1e6)
     assert code == exits.EXIT_DIVERGED
     want = load_json(os.path.join(alone_bad, "summary.json"))
     assert bad["status"] == "diverged"
@@ -110,10 +104,10 @@ def test_a_diverging_run_stops_while_the_others_go_on(tmp_path, alone_root, caps
 
 def _lines(workdir):
     path = os.path.join(workdir, "metrics.jsonl")
-    return _without_timing(read_metrics(workdir)) if os.path.exists(path) else []
+    return without_timing(read_metrics(workdir)) if os.path.exists(path) else []
 
 
-def test_a_killed_pack_resumes_every_run_exactly(tmp_path, alone_root):
+def test_a_killed_pack_resumes_every_run_exactly(tmp_path, tmp_path_factory):
     """SIGKILL after the first checkpoint; one run also loses its newest one (a kill mid-save).
 
     That run starts behind the others (from an older checkpoint, or from
@@ -123,24 +117,22 @@ def test_a_killed_pack_resumes_every_run_exactly(tmp_path, alone_root):
     args = [*_pack_args(runs), "--config.checkpoint_every_steps=5"]
     proc = subprocess.Popen([sys.executable, "train.py", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    t = time.time()
-    while not _checkpoints(runs[0][0]) and proc.poll() is None:
-        assert time.time() - t < 300
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        wait_until(lambda: _checkpoints(runs[0][0]), proc=proc, what="the first checkpoint")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     for newest in _checkpoints(runs[2][0])[-1:]:
         shutil.rmtree(runs[2][0] / "checkpoints" / str(newest))
     assert _checkpoints(runs[2][0])[-1:] < _checkpoints(runs[0][0])[-1:]
     assert train.main(args) == 0
     for (workdir, _), seed in zip(runs, SEEDS, strict=True):
         assert [line["step"] for line in read_metrics(workdir)] == [5, 10, 15, 20]
-        _assert_same_numbers(workdir, _alone(alone_root, seed)[0])
+        _assert_same_numbers(workdir, _alone(tmp_path_factory, seed)[0])
 
 
 def _checkpoints(workdir):
-    path = workdir / "checkpoints"
-    return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if path.exists() else []
+    return checkpoint_steps(workdir)
 
 
 @pytest.mark.parametrize("second,message", [

@@ -6,7 +6,7 @@ import signal
 import subprocess
 
 import pytest
-from conftest import read_metrics, tiny_config, train_cmd
+from conftest import copy_run, read_metrics, tiny_config, tiny_run, train_cmd, wait_until
 
 import train
 from training.run_dir import MetricsLog
@@ -33,9 +33,9 @@ def test_unreadable_metrics_lines_are_skipped_and_every_readable_one_kept(tmp_pa
     assert kept[1]["train_loss"] == pytest.approx(1.0 / 15)
 
 
-def test_a_torn_metrics_line_loses_no_other_line_on_resume(tmp_path, capsys):
-    config = tiny_config(layer_responses=False)
-    train.train_and_evaluate(config, str(tmp_path))
+def test_a_torn_metrics_line_loses_no_other_line_on_resume(tmp_path, tmp_path_factory, capsys):
+    config = tiny_config()
+    tmp_path = copy_run(tiny_run(tmp_path_factory)[0], tmp_path / "run")
     before = read_metrics(tmp_path)
     path = tmp_path / "metrics.jsonl"
     lines = path.read_text().splitlines()
@@ -57,9 +57,8 @@ def test_a_second_trainer_on_a_running_run_stops_at_once_and_writes_nothing(tmp_
         def events():
             return sorted(n for n in os.listdir(tmp_path) if n.startswith("events.out"))
 
-        while not ((tmp_path / "metrics.jsonl").exists() and events()):  # its first log line
-            assert first.poll() is None, "the first trainer ended early"
-            subprocess.run(["sleep", "0.1"], check=True)
+        wait_until(lambda: (tmp_path / "metrics.jsonl").exists() and events(), proc=first,
+                   what="the first trainer's first log line")
         before = events()
         config = (tmp_path / "config.json").read_text()
         code = train.main(cmd[2:])
@@ -73,6 +72,5 @@ def test_a_second_trainer_on_a_running_run_stops_at_once_and_writes_nothing(tmp_
         first.send_signal(signal.SIGKILL)
         first.wait()
     # The kernel released the dead trainer's lock: the run resumes.
-    out = subprocess.run(train_cmd(tmp_path, "--config.num_steps=10",
-                                   "--allow-config-change"), capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    cmd = train_cmd(tmp_path, "--config.num_steps=10", "--allow-config-change")
+    assert train.main(cmd[2:]) == 0, capsys.readouterr().err

@@ -240,11 +240,10 @@ def test_a_live_lock_skips_the_run_and_a_stale_one_is_taken_over(files, tmp_path
         (["configs/digits.py", "--config.model.depth=57"], "6n+2"),
     ],
 )
-def test_bad_input_is_one_error_line(tmp_path, args, message):
-    out = subprocess.run([sys.executable, "-m", "experiments.sweep", *args, "--workdir",
-                          str(tmp_path / "s")], capture_output=True, text=True)
-    err = out.stderr.strip().splitlines()
-    assert out.returncode == 2 and len(err) == 1 and message in err[0], out.stderr
+def test_bad_input_is_one_error_line(tmp_path, capsys, args, message):
+    code = sweep.main([*args, "--workdir", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "s").exists()
 
 
@@ -302,30 +301,28 @@ def _alive(pid):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
 def test_a_killed_launcher_leaves_no_orphan_and_a_rerun_resumes_its_run(tmp_path):
     import signal
-    import time
 
-    from conftest import TINY, read_metrics
+    from conftest import TINY, read_metrics, wait_until
 
     study = tmp_path / "study"
-    args = [*(f"--config.{k}={v}" for k, v in TINY.items()), "--config.num_steps=400",
+    steps = 100  # the kill comes at the first log line (step 5), long before the end
+    args = [*(f"--config.{k}={v}" for k, v in TINY.items()), f"--config.num_steps={steps}",
             "--config.checkpoint_every_steps=20", "--config.layer_responses=False"]
     cmd = [sys.executable, "-m", "experiments.sweep", "configs/digits.py:resnet-14",
            "--workdir", str(study), "--no-report", *args]
     launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lock = study / "run" / ".train.lock"
-    deadline = time.time() + 120
-    while not (study / "run" / "metrics.jsonl").exists():
-        assert time.time() < deadline and launcher.poll() is None
-        time.sleep(0.1)
+    wait_until((study / "run" / "metrics.jsonl").exists, proc=launcher,
+               what="the trainer's first log line")
     trainer = int(lock.read_text())
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
-    deadline = time.time() + 60
-    while _alive(trainer):  # the parent-death SIGTERM: checkpoint, then exit
-        assert time.time() < deadline, "the trainer outlived its launcher"
-        time.sleep(0.1)
+    wait_until(lambda: not _alive(trainer), timeout=60,  # the parent-death SIGTERM
+               what="the trainer's end (it outlived its launcher)")
+    assert (study / "run" / "checkpoints").is_dir()  # it checkpointed before it stopped
+    assert not (study / "run" / "summary.json").exists()  # stopped mid-run, not finished
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[finished] run" in out.stdout
-    steps = [m["step"] for m in read_metrics(study / "run")]
-    assert steps == list(range(5, 401, 5))  # every logged step once: no second trainer
+    logged = [m["step"] for m in read_metrics(study / "run")]
+    assert logged == list(range(5, steps + 1, 5))  # every logged step once: no second trainer

@@ -1,15 +1,15 @@
 """End-to-end runs of the architecture variants and layer knobs, and the dead-unit metric."""
 
 import numpy as np
-from conftest import read_metrics, tiny_config
+from conftest import read_metrics, tiny_config, tiny_run
 
 import train
 
 
-def test_dead_units_are_logged_at_every_evaluation_and_zero_init_kills_every_unit(tmp_path):
+def test_dead_units_are_logged_at_every_evaluation_and_zero_init_kills_every_unit(
+        tmp_path, tmp_path_factory):
     train.train_and_evaluate(tiny_config(**{"model.init": "zeros"}), str(tmp_path / "zeros"))
-    train.train_and_evaluate(tiny_config(), str(tmp_path / "he"))
-    zeros, he = read_metrics(tmp_path / "zeros"), read_metrics(tmp_path / "he")
+    zeros, he = read_metrics(tmp_path / "zeros"), read_metrics(tiny_run(tmp_path_factory)[0])
     assert [("dead_units" in m) for m in zeros] == [("test_error" in m) for m in zeros]
     assert all(m["dead_units"] == 1.0 for m in zeros if "dead_units" in m)
     assert all(0.0 <= m["dead_units"] < 0.5 for m in he if "dead_units" in m)
