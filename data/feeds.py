@@ -60,14 +60,16 @@ def padded_split(mesh, split: datasets.Split, batch_size: int) -> dict[str, jax.
     return {k: put(v, sharding) for k, v in host.items()}
 
 
-def seed_keys(seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(example order, augmentation) keys of a run: streams 1 and 2 of its ``seed``.
+def seed_keys(seed: int) -> np.ndarray:
+    """The raw data of a run's (example order, augmentation) keys: streams 1 and 2 of ``seed``.
 
-    ``seed`` may be traced, so a pack of runs derives each run's keys inside
-    its one program (``training.pack``).
+    Held among a feed's ``arrays`` (an argument of the program, not a
+    constant of it), so that a pack of runs (``training.pack``) draws each
+    run's batches with its own keys from one copy of the data.
     """
     base = jax.random.key(seed)
-    return jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
+    return np.stack([np.asarray(jax.random.key_data(jax.random.fold_in(base, stream)))
+                     for stream in (1, 2)])
 
 
 class InMemoryFeed:
@@ -85,8 +87,9 @@ class InMemoryFeed:
         self.image_shape = data.train.images.shape[1:]
         # The train split and the normalisation (and PCA lighting) statistics, on every device.
         self.stats = replicate(statistics.normalization_arrays(data, config), mesh)
-        self.arrays = {**replicate({"image": data.train.images, "label": data.train.labels},
-                                   mesh), "stats": self.stats}
+        self.arrays = {**replicate({"image": data.train.images, "label": data.train.labels,
+                                    "seed_keys": seed_keys(config.seed)}, mesh),
+                       "stats": self.stats}
         if config.imbalance.counter == "resample":
             index = sampling.ClassIndex.from_labels(data.train.labels)
             self.arrays["class_index"] = replicate(dataclasses.asdict(index), mesh)
@@ -96,20 +99,16 @@ class InMemoryFeed:
             for name, split in (("test", data.test), ("val", data.val)) if split is not None
         }
         self.eval_names = tuple(self.eval_splits)
-        self._order_key, self._augment_key = seed_keys(config.seed)
         self._sharding = batch_sharded(mesh)
 
-    def train_batch(self, arrays: dict[str, Any], step: jax.Array,
-                    keys: tuple[jax.Array, jax.Array] | None = None) -> Batch:
+    def train_batch(self, arrays: dict[str, Any], step: jax.Array) -> Batch:
         """The batch of training step ``step``, a pure function of (seed, step), on device.
 
-        With ``imbalance.counter='resample'`` batches are class-balanced.
-        ``keys`` (``seed_keys`` of another seed, possibly traced) replaces the
-        config's: a pack of runs (``training.pack``) draws each run's batch
-        from its own seed out of the one copy of the data.
+        The seed's keys come from ``arrays['seed_keys']`` (``seed_keys``). With
+        ``imbalance.counter='resample'`` batches are class-balanced.
         """
         config = self.config
-        order_key, augment_key = (self._order_key, self._augment_key) if keys is None else keys
+        order_key, augment_key = jax.random.wrap_key_data(arrays["seed_keys"])
         if "class_index" in arrays:
             idx = sampling.balanced_batch_indices(order_key, step, arrays["class_index"],
                                                   config.batch_size)

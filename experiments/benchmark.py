@@ -52,7 +52,7 @@ from data import datasets, feeds
 from data.device import replicate
 from models import conv
 from models.summary import iter_eqns, module_macs
-from training import command_line, compile_cache, dispatch, pack, parallel, schedule, steps
+from training import command_line, compile_cache, pack, parallel, programs, schedule, steps
 from training.compile_options import jit
 
 
@@ -172,27 +172,19 @@ def benchmark(config, *, steps_per_chunk: int, repeats: int, synthetic: bool,
         image_shape = getattr(feed, "image_shape", None) or (
             config.augment.crop_size, config.augment.crop_size, 3)
     sched = schedule.derive_schedule(config, feed.num_train)
-    if pack_runs is None:
-        state = steps.create_train_state(config)
-        macs = forward_macs(state, image_shape)
-        state = replicate(state, mesh)
-        step_fn = parallel.data_parallel(
-            functools.partial(steps.train_step, config=config, sched=sched), mesh)
-        chunk_feed = feed
-    else:
-        if not isinstance(feed, feeds.InMemoryFeed):
-            raise ValueError("--pack needs an in-memory dataset (digits, CIFAR) or --synthetic")
-        configs = pack_configs(config, pack_runs)
-        packed = pack.create_packed_state(configs)
-        macs = forward_macs(pack.unpack(packed, 0), image_shape)
-        state = replicate(packed, mesh)
+    if pack_runs is not None and not isinstance(feed, feeds.InMemoryFeed):
+        raise ValueError("--pack needs an in-memory dataset (digits, CIFAR) or --synthetic")
+    configs = [config] if pack_runs is None else pack_configs(config, pack_runs)
+    states = [steps.create_train_state(c) for c in configs]
+    macs = forward_macs(states[0], image_shape)
+    if pack_runs is not None:
         pack_strategy = pack_strategy or pack.default_strategy()
-        step_fn = pack.make_packed_step(config, sched, mesh, strategy=pack_strategy)
-        chunk_feed = pack.PackedFeed(feed, [c.seed for c in configs])
+    # The training loop's own program (training.programs): a lone run's step, or a pack's.
+    program = programs.make_program(configs, sched, mesh, feed, start=0,
+                                    packed=pack_runs is not None, strategy=pack_strategy)
+    state = program.initial([replicate(s, mesh) for s in states])
     runs = pack_runs or 1
-    chunk = dispatch.make_train_chunk(chunk_feed, step_fn, log_every=steps_per_chunk,
-                                      total_steps=sched.total_steps, start_step=0,
-                                      loop_on_device=config.loop_on_device, runs=pack_runs)
+    chunk = program.chunk
     t = time.perf_counter()
     state, sums = chunk(state, 0)
     jax.block_until_ready((state, sums))
@@ -234,7 +226,7 @@ def benchmark(config, *, steps_per_chunk: int, repeats: int, synthetic: bool,
         result["pack_strategy"] = pack_strategy
     if conv_bound:
         x = jnp.zeros((config.batch_size // mesh.devices.size, *image_shape), jnp.float32)
-        one = state if pack_runs is None else pack.unpack(state, 0)
+        one = program.run_state(state, 0)
         conv_ms = runs * conv_bound_ms(one, x, max(repeats, 5))
         result["conv_ms"] = round(conv_ms, 3)
         result["step_over_conv"] = round(1e3 * step_s / conv_ms, 3)

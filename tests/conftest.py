@@ -14,7 +14,6 @@ modules import the helpers below with ``from conftest import ...``.
 """
 
 import contextlib
-import functools
 import io
 import json
 import os
@@ -47,7 +46,7 @@ from flax import nnx  # noqa: E402
 import models  # noqa: E402
 from data import feeds  # noqa: E402
 from data.device import replicate  # noqa: E402
-from training import command_line, dispatch, parallel, schedule, steps  # noqa: E402
+from training import command_line, parallel, programs, schedule, steps  # noqa: E402
 
 TINY = {  # depth 14: two blocks per stage, so the scanned-blocks path runs too
     "model.depth": "14",
@@ -178,11 +177,12 @@ def launch_sweep(config, fake_train, study, *extra):
 
 
 def run_parts(config, data=None, num_train=None):
-    """What ``train.train_and_evaluate`` builds before its loop, without a run directory.
+    """What the training loop builds for one fresh run, without a run directory.
 
     ``mesh``, ``feed`` (in-memory; ``data`` replaces the dataset), ``sched``,
-    a replicated fresh ``state`` and ``chunk(state, step)``. With ``num_train``
-    no feed is built (state and schedule only).
+    a replicated fresh ``state`` and ``chunk(state, step)`` (the loop's own
+    program, ``training.programs``). With ``num_train`` no feed is built
+    (state and schedule only).
     """
     mesh = parallel.make_mesh()
     feed = None if num_train is not None else feeds.InMemoryFeed(config, mesh, data)
@@ -190,11 +190,7 @@ def run_parts(config, data=None, num_train=None):
     state = replicate(steps.create_train_state(config), mesh)
     chunk = None
     if feed is not None:
-        step_fn = parallel.data_parallel(
-            functools.partial(steps.train_step, config=config, sched=sched), mesh)
-        chunk = dispatch.make_train_chunk(feed, step_fn, log_every=config.log_every_steps,
-                                          total_steps=sched.total_steps, start_step=0,
-                                          loop_on_device=config.loop_on_device)
+        chunk = programs.make_program([config], sched, mesh, feed, start=0).chunk
     return types.SimpleNamespace(mesh=mesh, feed=feed, sched=sched, state=state, chunk=chunk)
 
 

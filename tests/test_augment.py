@@ -292,7 +292,8 @@ def test_rgb_train_step_with_every_colour_option_stays_finite():
     parts = run_parts(c, data)
     assert sorted(parts.feed.stats) == ["channel_matrix", "eigvals", "eigvecs", "mean"]
     state, sums = parts.chunk(parts.state, 0)
-    loss, error, steps, _ = dispatch.read_chunk_sums(sums)
+    sums = dispatch.read_chunk_sums(sums)
+    loss, error, steps = sums["loss"], sums["error"], sums["steps"]
     assert int(state.step) == 5 and steps == 5 and np.isfinite(loss) and 0 <= error <= 5
     out = measure.evaluate(parts.feed, state)
     assert np.isfinite(out["test_loss"]) and 0 <= out["test_error"] <= 1

@@ -12,7 +12,7 @@ from flax import nnx
 
 import models
 import train
-from training import finetune, param_paths
+from training import finetune, freeze, param_paths
 from training.checkpoints import Checkpointer
 
 
@@ -103,7 +103,7 @@ def test_freeze_levels_name_the_stem_and_the_first_stages():
     paths = [("stem", "conv", "kernel"), ("stages", 0, "blocks", 0, "unit1", "bn", "mean"),
              ("stages", 1, "repeated", "unit2", "conv", "kernel"), ("stages", 2, "blocks", 0),
              ("head", "kernel"), ("final", "bn", "scale")]  # final: pre-activation nets' BN-act
-    frozen = {level: [finetune.frozen_predicate(level, 3)(p) for p in paths]
+    frozen = {level: [freeze.frozen_predicate(level, 3)(p) for p in paths]
               for level in (None, "none", "stem", "stage1", "stage2", "stage3", "all")}
     assert frozen[None] == frozen["none"] == [False] * 6
     assert frozen["stem"] == [True, False, False, False, False, False]
@@ -126,7 +126,7 @@ def test_frozen_batchnorm_runs_on_its_running_statistics():
     inference = np.asarray(model(x))
     stats = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
     model.train()
-    finetune.freeze_batch_norm(model, "all")
+    freeze.freeze_batch_norm(model, "all")
     np.testing.assert_allclose(np.asarray(model(x)), inference, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(nnx.state(model, nnx.BatchStat)),
                     strict=True):

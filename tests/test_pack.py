@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 from conftest import run_parts, tiny_config
 
-from data.device import replicate
-from training import dispatch, pack
+from training import dispatch, pack, steps
 
 STEPS = 5  # one chunk: log_every_steps of TINY
 # Stochastic depth draws from the layer stream of the seed, so the traced seed reaches it too.
@@ -37,7 +36,7 @@ def _alone(seed: int, lr: float):
     """A lone run's state and each step's loss after one chunk."""
     parts = run_parts(_config(seed=seed, **{"optimizer.lr": lr}))
     state, sums = parts.chunk(parts.state, 0)
-    return jax.device_get(state), dispatch.read_chunk_sums(jax.device_get(sums))[3]
+    return jax.device_get(state), dispatch.read_chunk_sums(jax.device_get(sums))["losses"]
 
 
 # One pack serves both equivalence tests (one compilation per strategy): three seeds,
@@ -47,18 +46,16 @@ RUNS = ((0, 0.1), (1, 0.1), (2, 0.1), (0, 0.02))
 
 @functools.cache
 def _packed(strategy):
-    """The pack of ``RUNS`` after one chunk, and each run's step losses."""
+    """The pack of ``RUNS`` after one chunk (the training loop's program), each run's losses."""
     configs = [_config(seed=seed, **{"optimizer.lr": lr}) for seed, lr in RUNS]
+    pack.check_packable(configs)
     parts = run_parts(configs[0])
-    feed = pack.PackedFeed(parts.feed, [c.seed for c in configs])
-    step_fn = pack.make_packed_step(configs[0], parts.sched, parts.mesh, strategy=strategy)
-    chunk = dispatch.make_train_chunk(feed, step_fn, log_every=STEPS,
-                                      total_steps=parts.sched.total_steps, start_step=0,
-                                      runs=len(configs))
-    state, sums = chunk(replicate(pack.create_packed_state(configs), parts.mesh), 0)
+    program = pack.Packed(configs, parts.sched, parts.mesh, parts.feed, start=0,
+                          strategy=strategy)
+    state, sums = program.chunk(program.initial([steps.create_train_state(c) for c in configs]),
+                                0)
     assert int(state.step) == STEPS
-    return jax.device_get(state), [dispatch.read_chunk_sums(row)[3]
-                                   for row in jax.device_get(sums)]
+    return jax.device_get(state), [view.sums["losses"] for view in program.views(state, sums)]
 
 
 def _assert_same_run(strategy, i):
@@ -84,7 +81,7 @@ def test_a_pack_of_seeds_equals_each_seed_alone(strategy):
 @pytest.mark.parametrize("strategy", pack.STRATEGIES)
 def test_a_pack_of_learning_rates_equals_each_lr_alone(strategy):
     packed, losses = _packed(strategy)
-    np.testing.assert_array_equal(packed.hparams["lr"], np.float32([lr for _, lr in RUNS]))
+    np.testing.assert_array_equal(packed.hparams.lr, np.float32([lr for _, lr in RUNS]))
     for i in (0, 3):
         _assert_same_run(strategy, i)
     assert losses[0][0] == losses[3][0]  # one seed: the same first batch and weights

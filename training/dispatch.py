@@ -2,7 +2,8 @@
 
 ``make_train_chunk(feed, step_fn, ...)`` returns ``run(state, step) -> (state,
 sums)``, which advances the state to the next log step (or the end) and
-returns the chunk's summed loss and error and each step's loss on device.
+returns the chunk's sums by name (summed loss and error, steps taken, each
+step's loss) on device.
 
 - In-memory feeds: the batch of each step is drawn inside the program
   (``feed.train_batch``), so with ``loop_on_device`` the whole chunk is one
@@ -17,6 +18,7 @@ and the feed's device arrays as arguments, and the chunk length is traced.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -35,49 +37,48 @@ def steps_until_log(log_every: int, total: int, step: int) -> int:
     return min(log_every - step % log_every, total - step)
 
 
-def zero_sums(log_every: int, runs: int | None = None) -> jax.Array:
-    """An empty chunk: (loss, error, steps) totals, then room for each step's loss.
+def zero_sums(log_every: int, shape: tuple[int, ...] = ()) -> dict[str, jax.Array]:
+    """An empty chunk, by name: summed ``loss`` and ``error``, ``steps`` taken, each step's loss.
 
-    A pack of ``runs`` runs (``training.pack``) gets one such row per run.
+    ``shape`` is the shape of one step's ``loss`` and ``error``: () for a run,
+    (K,) for a pack of K runs (``training.pack``), whose runs step together.
     """
-    return jnp.zeros(3 + log_every if runs is None else (runs, 3 + log_every))
+    return {"loss": jnp.zeros(shape), "error": jnp.zeros(shape), "steps": jnp.zeros((), jnp.int32),
+            "losses": jnp.zeros((*shape, log_every))}
 
 
-def add_step(sums: jax.Array, metrics: dict[str, jax.Array]) -> jax.Array:
+def add_step(sums: dict[str, jax.Array], metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Adds one step's ``loss`` and ``error`` to a chunk's sums.
 
-    Step i of the chunk also writes its loss at 3 + i, so the log line can
-    show the step-to-step spread (the gradient noise of the batch size) for
-    the price of one scalar store. Rows of a pack's sums take their run's
-    ``loss`` and ``error`` (vectors, one value per run).
+    Step i of the chunk also writes its loss to ``losses[..., i]``, so the log
+    line can show the step-to-step spread (the gradient noise of the batch
+    size) for the price of one scalar store.
     """
-    if sums.ndim == 2:
-        return jax.vmap(add_step)(sums, metrics)
-    loss, error = metrics["loss"], metrics["error"]
-    i = 3 + sums[2].astype(jnp.int32)
-    return sums.at[i].set(loss).at[:3].add(jnp.stack([loss, error, 1.0]))
+    loss, error, i = metrics["loss"], metrics["error"], sums["steps"]
+    return {"loss": sums["loss"] + loss, "error": sums["error"] + error, "steps": i + 1,
+            "losses": sums["losses"].at[..., i].set(loss)}
 
 
-def read_chunk_sums(sums: np.ndarray) -> tuple[float, float, int, list[float]]:
-    """(summed loss, summed error, steps, each step's loss) from ``add_step``'s vector.
+def read_chunk_sums(sums: dict[str, Any]) -> dict[str, Any]:
+    """One run's chunk on the host: ``loss`` and ``error`` summed, ``steps``, each step's loss.
 
-    For a pack, read each run's row: ``[read_chunk_sums(row) for row in sums]``.
+    ``losses`` is cut to the steps taken, as a list of floats.
     """
-    sums = np.asarray(sums)
-    count = int(sums[2])
-    return float(sums[0]), float(sums[1]), count, [float(v) for v in sums[3:3 + count]]
+    steps = int(sums["steps"])
+    return {"loss": float(sums["loss"]), "error": float(sums["error"]), "steps": steps,
+            "losses": [float(v) for v in np.asarray(sums["losses"])[:steps]]}
 
 
 def make_train_chunk(feed: Any, step_fn: StepFn, *, log_every: int, total_steps: int,
                      start_step: int, loop_on_device: bool = True,
-                     runs: int | None = None) -> Callable:
+                     metrics_shape: tuple[int, ...] = ()) -> Callable:
     """``run(state, step) -> (state, sums)``: every step from ``step`` to the next log step.
 
     ``step_fn(state, batch) -> (state, metrics)`` is the (data-parallel) train
-    step. ``start_step`` seeds a streaming feed's shuffle; in-memory batches
-    are pure functions of (seed, step) and do not need it. With ``runs`` the
-    state is a pack of that many runs (``training.pack``) and the sums have
-    one row per run.
+    step, whose ``loss`` and ``error`` have shape ``metrics_shape`` (a pack's:
+    one per run); ``sums`` are ``zero_sums``'s, added up. ``start_step`` seeds
+    a streaming feed's shuffle; in-memory batches are pure functions of
+    (seed, step) and do not need it.
     """
     def one_step(state, source, sums):
         state, metrics = step_fn(state, feed.train_batch(source, state.step))
@@ -88,7 +89,7 @@ def make_train_chunk(feed: Any, step_fn: StepFn, *, log_every: int, total_steps:
         def chunk(state, arrays):
             n = jnp.minimum(log_every - state.step % log_every, total_steps - state.step)
             body = lambda _, carry: one_step(carry[0], arrays, carry[1])  # noqa: E731
-            return jax.lax.fori_loop(0, n, body, (state, zero_sums(log_every, runs)))
+            return jax.lax.fori_loop(0, n, body, (state, zero_sums(log_every, metrics_shape)))
 
         chunk_fn = jit(chunk, donate_argnums=0)
         return lambda state, step: chunk_fn(state, feed.arrays)
@@ -97,7 +98,7 @@ def make_train_chunk(feed: Any, step_fn: StepFn, *, log_every: int, total_steps:
     next_source = (lambda: feed.arrays) if feed.arrays is not None else \
         feed.train_stream(start_step).__next__
     step_jit = jit(one_step, donate_argnums=(0, 2))
-    zeros = jit(lambda: zero_sums(log_every, runs), out_shardings=replicated(feed.mesh))
+    zeros = jit(lambda: zero_sums(log_every, metrics_shape), out_shardings=replicated(feed.mesh))
 
     def run(state, step):
         sums = zeros()
@@ -106,3 +107,13 @@ def make_train_chunk(feed: Any, step_fn: StepFn, *, log_every: int, total_steps:
         return state, sums
 
     return run
+
+
+@dataclasses.dataclass
+class RunView:
+    """One run's part of a chunk, on the host: what its metrics line is made of."""
+
+    sums: dict[str, Any]  # read_chunk_sums
+    first_bad_step: int  # -1 while its loss stayed finite
+    warm: Any  # the warm-up-until-error rule's state after the chunk
+    plateau_scale: Any  # the reduce-on-plateau factor after the chunk

@@ -7,12 +7,7 @@ the new network, whose head keeps its fresh initialisation (so
 ``model.num_classes`` may differ from the source's). Every other shape must
 match: the first one that does not is named in a one-line error.
 
-``finetune.freeze`` keeps the first layers fixed: 'stem', 'stage1' (stem and
-the first stage), 'stage2', ... or 'all' (everything but the head: a linear
-classifier on frozen features). Frozen parameters get no update (optax
-``set_to_zero`` through ``multi_transform``, so no weight decay, momentum or
-max-norm either) and frozen BatchNorm layers run in inference mode: they
-normalise with the source's running statistics and never change them, so
+``finetune.freeze`` keeps the first layers fixed (``training.freeze``), so
 the frozen part computes exactly the features it computed in the source.
 
 The import happens only when the run starts from nothing: a fine-tuning run
@@ -23,7 +18,6 @@ may since have been moved or deleted).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,48 +27,7 @@ from flax import nnx
 
 import models
 from training import checkpoints, param_paths, progress, run_dir
-
-HEAD = "head"
-
-
-def freezes(freeze: str | None) -> bool:
-    """Whether ``finetune.freeze`` fixes anything ('none', or None from ``=none`` on the CLI)."""
-    return freeze not in (None, "none")
-
-
-def num_frozen_stages(freeze: str | None, num_stages: int) -> int:
-    """How many stages ``freeze`` holds fixed (the stem too unless 'none'); validates it."""
-    allowed = (f"'none', 'stem', 'stage1'..'stage{num_stages}' or 'all'")
-    if not freezes(freeze) or freeze == "stem":
-        return 0
-    if freeze == "all":
-        return num_stages
-    k = freeze[len("stage"):] if freeze.startswith("stage") else ""
-    if not k.isdigit() or not 1 <= int(k) <= num_stages:
-        raise ValueError(f"finetune.freeze must be {allowed} for this network, got {freeze!r}")
-    return int(k)
-
-
-def frozen_predicate(freeze: str | None, num_stages: int) -> Callable[[tuple], bool]:
-    """``is_frozen(path)`` for a parameter or statistic path such as ('stages', 0, ...)."""
-    k = num_frozen_stages(freeze, num_stages)
-
-    def is_frozen(path: tuple) -> bool:
-        if not freezes(freeze) or not path or path[0] == HEAD:
-            return False
-        if path[0] == "stem":
-            return True
-        if path[0] == "final":  # a pre-activation net's last BN-act belongs to the last stage
-            return k == num_stages
-        return path[0] == "stages" and int(path[1]) < k
-
-    return is_frozen
-
-
-def frozen_predicate_of(config: ml_collections.ConfigDict) -> Callable[[tuple], bool]:
-    """``is_frozen(path)`` for ``config.finetune.freeze`` on this config's network."""
-    num_stages = len(models.spec_from_config(config.model).stage_sizes)
-    return frozen_predicate(config.finetune.freeze, num_stages)
+from training.freeze import HEAD, freezes, frozen_predicate_of
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -86,29 +39,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                          "(the run to start from)")
     if ft.from_step is not None and ft.from_step < 0:
         raise ValueError(f"finetune.from_step must be >= 0 (or None = latest), got {ft.from_step}")
-
-
-def param_labels(is_frozen: Callable[[tuple], bool]) -> Callable[[Any], Any]:
-    """``optax.multi_transform`` labels: 'frozen' or 'train' for each parameter."""
-    return lambda params: param_paths.map_with_names(
-        lambda path, _: "frozen" if is_frozen(path) else "train", params)
-
-
-def keep_frozen(is_frozen: Callable[[tuple], bool], old: Any, new: Any) -> Any:
-    """``new`` with the frozen entries taken from ``old`` (exactly, whatever the step did)."""
-    return param_paths.map_with_names(lambda path, o, n: o if is_frozen(path) else n, old, new)
-
-
-def freeze_batch_norm(model: models.ResNet, freeze: str | None) -> None:
-    """Puts the frozen part of a model in training mode into inference mode (running stats)."""
-    if not freezes(freeze):
-        return
-    model.stem.eval()
-    k = num_frozen_stages(freeze, len(model.stages))
-    for stage in list(model.stages)[:k]:
-        stage.eval()
-    if model.final is not None and k == len(model.stages):
-        model.final.eval()
 
 
 # --------------------------------------------------------------------------- the source run

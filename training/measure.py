@@ -86,11 +86,11 @@ def reduce_split(feed: Any, split: str, fn: MeasureFn, state: Any, *,
         out, count = batch_fn(state, None, batch)
         if float(count) == 0:
             break
-        out = np.asarray(out)
+        out = jax.tree.map(np.asarray, out)
         if per_example:
             rows.append(out[np.asarray(batch["mask"]) > 0])
         else:
-            total = out if total is None else total + out
+            total = out if total is None else jax.tree.map(np.add, total, out)
     if total is None and not rows:
         raise ValueError(f"the {split} split of {feed.config.dataset} is empty")
     return np.concatenate(rows) if per_example else total
@@ -99,16 +99,15 @@ def reduce_split(feed: Any, split: str, fn: MeasureFn, state: Any, *,
 # --------------------------------------------------------------------------- measurements
 
 
-def eval_metrics(name: str, sums: np.ndarray) -> dict[str, Any]:
+def eval_metrics(name: str, sums: dict[str, Any]) -> dict[str, Any]:
     """``{name}_error``, ``{name}_loss`` and ``{name}_error_per_class`` from ``eval_step`` sums.
 
     A class without examples in the split has error None.
     """
-    sums = np.asarray(sums, np.float64)
-    k = (len(sums) - 3) // 2
-    wrong, loss, count = sums[0], sums[1], sums[-1]
+    sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
+    wrong, loss, count = sums["wrong"], sums["loss"], sums["count"]
     per_class = [float(w / c) if c else None
-                 for w, c in zip(sums[2:2 + k], sums[2 + k:2 + 2 * k], strict=True)]
+                 for w, c in zip(sums["wrong_per_class"], sums["count_per_class"], strict=True)]
     return {f"{name}_error": float(wrong / count), f"{name}_loss": float(loss / count),
             f"{name}_error_per_class": per_class}
 
@@ -121,8 +120,9 @@ def evaluate(feed: Any, state: steps.TrainState) -> dict[str, Any]:
     return out
 
 
-def response_sums(state: steps.TrainState, batch: dict) -> jax.Array:
-    """(blocks, 3): per block, the summed mean and mean square of its branch response, and count.
+def response_sums(state: steps.TrainState, batch: dict) -> dict[str, jax.Array]:
+    """Per block (one entry each): the summed ``mean`` and ``mean_square`` of its branch
+    response over the real examples, and their ``count``.
 
     The branch response is the block's residual function after its last BN,
     before the addition and the ReLU (plain nets: the same layer), as in the
@@ -130,19 +130,18 @@ def response_sums(state: steps.TrainState, batch: dict) -> jax.Array:
     """
     mask = batch["mask"]
     _, feats = state.model()(batch["image"], return_features=True)
-    rows = []
-    for r in feats["branch_responses"]:
-        r = r.astype(jnp.float32)
-        rows.append(jnp.stack([(r.mean((1, 2, 3)) * mask).sum(),
-                               (jnp.square(r).mean((1, 2, 3)) * mask).sum(), mask.sum()]))
-    return jnp.stack(rows)
+    responses = [r.astype(jnp.float32) for r in feats["branch_responses"]]
+    return {"mean": jnp.stack([(r.mean((1, 2, 3)) * mask).sum() for r in responses]),
+            "mean_square": jnp.stack([(jnp.square(r).mean((1, 2, 3)) * mask).sum()
+                                      for r in responses]),
+            "count": jnp.stack([mask.sum() for _ in responses])}
 
 
 def layer_response_stds(feed: Any, state: steps.TrainState) -> np.ndarray:
     """The standard deviation of each block's branch response on the test split (Fig. 7)."""
-    sums = np.asarray(reduce_split(feed, "test", response_sums, state))
-    mean = sums[:, 0] / sums[:, 2]
-    return np.sqrt(np.maximum(sums[:, 1] / sums[:, 2] - mean**2, 0.0))
+    sums = {k: np.asarray(v) for k, v in reduce_split(feed, "test", response_sums, state).items()}
+    mean = sums["mean"] / sums["count"]
+    return np.sqrt(np.maximum(sums["mean_square"] / sums["count"] - mean**2, 0.0))
 
 
 def dead_unit_fraction(state: steps.TrainState, batch: dict) -> jax.Array:

@@ -29,34 +29,39 @@ import ml_collections
 import optax
 from flax import nnx
 
-from training import finetune, param_paths
+from training import freeze, param_paths
+from training.hyper import Hyper
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict,
+                   hyper: Hyper | None = None) -> optax.GradientTransformation:
     """L2 weight decay added to the gradient (as Caffe), then momentum; LR applied in the step.
 
     Options: L1 (``l1 * sign(p)``, also added to the gradient), L2 decoupled
     from the momentum (added after it, so the step is ``p -= lr * (m + wd * p)``)
     and frozen parameters (fine-tuning), which get a zero update and no state.
     The paper's recipe builds exactly the chain (and optimizer state) it always did.
+    Momentum and weight decay are ``hyper``'s (a packed run's, traced), else the
+    config's; the state's structure does not depend on their values.
     """
     opt = config.optimizer
+    hyper = Hyper.of(config) if hyper is None else hyper
 
     def decay_mask(params):
         if opt.weight_decay_on == "all":
             return jax.tree.map(lambda _: True, params)
         return nnx.map_state(lambda path, _: path[-1] == "kernel", params)
 
-    decay = optax.add_decayed_weights(opt.weight_decay, mask=decay_mask)
+    decay = optax.add_decayed_weights(hyper.weight_decay, mask=decay_mask)
     coupled = opt.weight_decay_mode == "coupled"
     tx = optax.chain(
         *([decay] if coupled else []),
         *([add_l1(opt.l1, mask=decay_mask)] if opt.l1 else []),
-        optax.trace(decay=opt.momentum, nesterov=opt.nesterov),
+        optax.trace(decay=hyper.momentum, nesterov=opt.nesterov),
         *([] if coupled else [decay]),
     )
-    if finetune.freezes(config.finetune.freeze):
-        labels = finetune.param_labels(finetune.frozen_predicate_of(config))
+    if freeze.freezes(config.finetune.freeze):
+        labels = freeze.param_labels(freeze.frozen_predicate_of(config))
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
     return tx
 

@@ -17,15 +17,20 @@ changes shapes or the program (depth, widths, family, dataset, batch size,
 dtype, number of steps, BatchNorm mode, ...) and must be equal:
 ``check_packable`` names the first that is not, in one line.
 
-The step is ``steps.train_step`` itself, unchanged, run per run with a
-config whose pack keys hold that run's traced values (``run_config``) and
-an optimizer rebuilt from them (the optimizer state's structure does not
-depend on the values). Two ways to run the K steps (``STRATEGIES``):
+The step is ``steps.train_step`` itself, unchanged, run per run with that
+run's traced values as its ``hyper`` argument (``training.hyper``: the
+schedule and the optimizer read them from there). Two ways to run the K
+steps (``STRATEGIES``):
 ``'vmap'`` batches them (convolutions become grouped convolutions; GPUs and
 TPUs are filled better) and ``'map'`` loops over runs inside the program
 (``lax.map``: each run's step is the lone run's, which XLA:CPU runs at full
 speed); ``default_strategy`` picks per backend (BENCHMARKS.md has the CPU
 figures behind the choice).
+
+Everything a pack needs lives here: stacking and unstacking the runs'
+states, the packed step, the packed feed (each run's batches from its own
+seed) and ``Packed``, the program the training loop (``training.loop``)
+steps a pack with; a lone run is ``training.programs.Lone``.
 """
 
 from __future__ import annotations
@@ -45,20 +50,11 @@ from jax.sharding import PartitionSpec as P
 
 from data import feeds
 from data.device import replicate
-from training import optimizer, parallel, schedule, steps
+from training import dispatch, hyper, parallel, schedule, steps
 
-# The pack keys the step reads, by their name in ``PackedState.hparams``: each
-# a scalar per run, traced inside the program.
-TRACED_KEYS = {
-    "seed": "seed",
-    "lr": "optimizer.lr",
-    "momentum": "optimizer.momentum",
-    "weight_decay": "optimizer.weight_decay",
-    "decay_factor": "schedule.decay_factor",
-    "warmup_lr": "schedule.warmup_lr",
-}
-# Every key that may differ between the runs of a pack; all others must be equal.
-PACK_KEYS = (*TRACED_KEYS.values(), "data_seed")
+# Every key that may differ between the runs of a pack; all others must be equal. The
+# step reads hyper.KEYS' values from ``PackedState.hparams`` (traced, one per run).
+PACK_KEYS = (*hyper.KEYS.values(), "data_seed")
 STRATEGIES = ("vmap", "map")
 
 
@@ -66,8 +62,8 @@ STRATEGIES = ("vmap", "map")
 class PackedState:
     """K runs' train states, every leaf with a leading run axis, and their per-run values."""
 
-    runs: steps.TrainState  # leaves (K, ...); graphdef and optimizer shared
-    hparams: dict[str, jax.Array]  # TRACED_KEYS' values, each (K,)
+    runs: steps.TrainState  # leaves (K, ...); graphdef shared
+    hparams: hyper.Hyper  # each run's seed and scalar values, each field (K,)
     # The pack's step: the step every updating run takes next. A run whose own
     # ``runs.step`` is ahead (resumed from a newer checkpoint) waits until the
     # pack reaches it; a run whose loss stopped being finite waits for good.
@@ -132,29 +128,6 @@ def group_key(config: ml_collections.ConfigDict) -> str:
                       default=repr)
 
 
-def _get(config: ml_collections.ConfigDict, key: str) -> Any:
-    for part in key.split("."):
-        config = config[part]
-    return config
-
-
-def run_config(config: ml_collections.ConfigDict, hparams: dict[str, Any]
-               ) -> ml_collections.ConfigDict:
-    """A copy of ``config`` whose ``TRACED_KEYS`` hold ``hparams`` (traced scalars, inside jit).
-
-    Not type-safe, so the keys can hold tracers; the step and the optimizer
-    read a traced value where a constant was (same arithmetic, same dtype:
-    float32 and int32 as JAX makes of the Python numbers). One difference:
-    optax skips a weight decay that is the constant 0, while a traced 0 adds
-    ``0 * p`` to the gradient, which changes at most the sign of a zero.
-    """
-    copy = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
-    for name, key in TRACED_KEYS.items():
-        section, _, leaf = key.rpartition(".")
-        (_get(copy, section) if section else copy)[leaf] = hparams[name]
-    return copy
-
-
 def create_packed_state(configs: Sequence[ml_collections.ConfigDict]) -> PackedState:
     """Each run's fresh ``steps.create_train_state``, stacked along a leading run axis.
 
@@ -174,11 +147,13 @@ def stack_states(configs: Sequence[ml_collections.ConfigDict],
     steps (a pack killed while its checkpoints were being written) all end
     as if trained in one go.
     """
-    shared = {"graphdef": states[0].graphdef, "tx": states[0].tx}  # equal configs: equal
-    runs = jax.tree.map(lambda *xs: jnp.stack(xs), *[s.replace(**shared) for s in states])
-    hparams = {name: np.asarray([_get(c, key) for c in configs],
-                                np.int32 if name == "seed" else np.float32)
-               for name, key in TRACED_KEYS.items()}
+    graphdef = states[0].graphdef  # equal configs: equal
+    runs = jax.tree.map(lambda *xs: jnp.stack(xs), *[s.replace(graphdef=graphdef)
+                                                      for s in states])
+    hparams = hyper.Hyper(**{
+        name: np.asarray([hyper.config_value(c, key) for c in configs],
+                         np.int32 if name == "seed" else np.float32)
+        for name, key in hyper.KEYS.items()})
     return PackedState(runs=runs, hparams=hparams, step=jnp.min(runs.step))
 
 
@@ -220,13 +195,8 @@ def make_packed_step(config: ml_collections.ConfigDict, sched: schedule.Schedule
 
     def one_run(state, batch, hparams, pack_step, axis_name):
         def train(state):
-            # The optimizer closes over momentum and weight decay: each run's is built
-            # from its own traced values, inside the program.
-            cfg = run_config(config, hparams)
-            new, metrics = steps.train_step(
-                state.replace(tx=optimizer.make_optimizer(cfg)), batch, config=cfg,
-                sched=sched, class_weights=class_weights, axis_name=axis_name)
-            return new.replace(tx=state.tx), metrics  # no tracer may leave the static part
+            return steps.train_step(state, batch, config=config, sched=sched, hyper=hparams,
+                                    class_weights=class_weights, axis_name=axis_name)
 
         def wait(state):
             return state, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), metrics_shape)
@@ -256,21 +226,70 @@ class PackedFeed:
     Run k's batch of step s is what a lone run of seed k draws at step s
     (``feeds.InMemoryFeed.train_batch`` with that seed's keys): its own
     example order and augmentation, from the one copy of the data on the
-    devices. The seeds ride in ``arrays`` (an argument of the program, not a
-    constant), like the pack's other per-run values. ``feed`` is built from
-    any run's config: the runs of a pack share their data (``check_packable``).
+    devices. The keys ride in ``arrays`` (an argument of the program, not a
+    constant), one row per run, like the pack's other per-run values.
+    ``feed`` is built from any run's config: the runs of a pack share their
+    data (``check_packable``).
     """
 
     input_wait_s = 0.0  # in memory: no host input on the hot path
 
     def __init__(self, feed: feeds.InMemoryFeed, seeds: Sequence[int]):
         self.base, self.mesh, self.runs = feed, feed.mesh, len(seeds)
-        self.arrays = {**feed.arrays,
-                       "seeds": replicate(np.asarray(seeds, np.int32), feed.mesh)}
+        self.arrays = {**feed.arrays, "seed_keys": replicate(
+            np.stack([feeds.seed_keys(seed) for seed in seeds]), feed.mesh)}
 
     def train_batch(self, arrays: dict[str, Any], step: jax.Array) -> steps.Batch:
         """Every run's batch of step ``step``: leaves (K, B, ...)."""
-        def one(seed):
-            return self.base.train_batch(arrays, step, keys=feeds.seed_keys(seed))
+        def one(keys):
+            return self.base.train_batch({**arrays, "seed_keys": keys}, step)
 
-        return jax.vmap(one)(arrays["seeds"])
+        return jax.vmap(one)(arrays["seed_keys"])
+
+
+class Packed:
+    """A pack as the training loop steps it (``training.programs``): the runs' states stacked.
+
+    ``feed`` is the runs' shared in-memory feed, ``start`` the pack's first
+    step. The chunk advances every run at the pack's step to the next log
+    step; ``views`` hands each run its own sums and schedule state.
+    """
+
+    def __init__(self, configs: Sequence[ml_collections.ConfigDict], sched: schedule.Schedule,
+                 mesh: Mesh, feed: feeds.InMemoryFeed, *, start: int,
+                 strategy: str | None = None, class_weights: Any = None):
+        self.configs, self.mesh = list(configs), mesh
+        config = self.configs[0]
+        step_fn = make_packed_step(config, sched, mesh, strategy=strategy,
+                                   class_weights=class_weights)
+        self.chunk = dispatch.make_train_chunk(
+            PackedFeed(feed, [c.seed for c in self.configs]), step_fn,
+            log_every=config.log_every_steps, total_steps=sched.total_steps, start_step=start,
+            loop_on_device=config.loop_on_device, metrics_shape=(len(self.configs),))
+
+    def initial(self, states: Sequence[steps.TrainState]) -> PackedState:
+        return replicate(stack_states(self.configs, states), self.mesh)
+
+    def step_of(self, packed: PackedState) -> int:
+        return int(packed.step)
+
+    def views(self, packed: PackedState, sums: dict[str, jax.Array]) -> list[dispatch.RunView]:
+        runs = packed.runs
+        sums, bad, warm, scale = jax.device_get(
+            (sums, runs.first_bad_step, runs.warm, runs.plateau.scale))
+        return [dispatch.RunView(
+            sums=dispatch.read_chunk_sums({k: v if k == "steps" else v[i]
+                                           for k, v in sums.items()}),
+            first_bad_step=int(bad[i]), warm=warm[i], plateau_scale=scale[i])
+            for i in range(len(self.configs))]
+
+    def run_state(self, packed: PackedState, k: int) -> steps.TrainState:
+        return unpack(packed, k)
+
+    def with_plateau(self, packed: PackedState, k: int,
+                     plateau: schedule.PlateauState) -> PackedState:
+        """The pack with run ``k``'s reduce-on-plateau state replaced (host values)."""
+        host = jax.tree.map(lambda a: np.array(jax.device_get(a)), packed.runs.plateau)
+        for leaf, value in zip(jax.tree.leaves(host), jax.tree.leaves(plateau), strict=True):
+            leaf[k] = value
+        return packed.replace(runs=packed.runs.replace(plateau=replicate(host, self.mesh)))

@@ -1,8 +1,8 @@
 """What a run writes as it trains: its metrics line at each log step, its files at the end.
 
-One place for both trainers, ``train.py``'s lone run and ``training/pack_train.py``'s
-pack of runs, so a run's ``metrics.jsonl``, ``layer_responses.json`` and
-``summary.json`` read the same whichever trained it (``experiments.report``
+The training loop (``training.loop``) calls these for every run, alone or in
+a pack, so a run's ``metrics.jsonl``, ``layer_responses.json`` and
+``summary.json`` read the same whichever way it trained (``experiments.report``
 and the other readers never need to know).
 """
 
@@ -12,29 +12,28 @@ from collections.abc import Callable
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 import models
-from training import dispatch, exits, measure, run_dir, schedule, steps
+from training import exits, measure, run_dir, schedule, steps
 
 
 def train_line(config: ml_collections.ConfigDict, sched: schedule.Schedule, step: int,
-               sums: np.ndarray, *, warm: Any, plateau_scale: Any, seconds: float,
+               sums: dict[str, Any], *, warm: Any, plateau_scale: Any, seconds: float,
                elapsed_s: float) -> dict[str, Any]:
     """The metrics line of log step ``step``: a chunk's training loss and error, LR, speed.
 
-    ``sums`` is the chunk's ``dispatch.add_step`` vector (on the host), ``warm``
-    and ``plateau_scale`` the run's schedule state after the chunk, ``seconds``
+    ``sums`` is the run's chunk sums on the host (``dispatch.read_chunk_sums``),
+    ``warm`` and ``plateau_scale`` its schedule state after the chunk, ``seconds``
     the chunk's wall time and ``elapsed_s`` the run's training time so far.
     """
-    loss_sum, err_sum, count, step_losses = dispatch.read_chunk_sums(sums)
+    count = sums["steps"]
     return {
         "step": step,
         "epoch": round(step / sched.steps_per_epoch, 3),
         "lr": float(schedule.learning_rate(config, sched, step - 1, warm, plateau_scale)),
-        "train_loss": loss_sum / count,
-        "train_losses": step_losses,  # each step's loss (its spread: gradient noise)
-        "train_error": err_sum / count,
+        "train_loss": sums["loss"] / count,
+        "train_losses": sums["losses"],  # each step's loss (its spread: gradient noise)
+        "train_error": sums["error"] / count,
         "images_per_sec": count * config.batch_size / max(seconds, 1e-9),
         "elapsed_s": elapsed_s,
     }

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from training.hyper import Hyper
+
 KNOWN_SCHEDULES = ("piecewise", "cosine", "plateau")
 
 
@@ -56,13 +58,15 @@ def derive_schedule(config: ml_collections.ConfigDict, num_train: int) -> Schedu
 
 
 def learning_rate(config: ml_collections.ConfigDict, sched: Schedule, step, warm,
-                  plateau_scale=1.0) -> jax.Array:
+                  plateau_scale=1.0, hyper: Hyper | None = None) -> jax.Array:
     """LR at ``step`` (traced); ``warm`` is the state of the warm-up-until-error rule.
 
     ``plateau_scale`` is the reduce-on-plateau factor (``TrainState.plateau.scale``),
-    used by the 'plateau' schedule only.
+    used by the 'plateau' schedule only. The base LR, decay factor and warm-up
+    LR are ``hyper``'s (a packed run's, traced), else the config's.
     """
-    base = config.optimizer.lr
+    hyper = Hyper.of(config) if hyper is None else hyper
+    base = hyper.lr
     step = jnp.asarray(step, jnp.float32)
     if config.schedule.name == "plateau":
         lr = base * jnp.asarray(plateau_scale, jnp.float32)
@@ -72,11 +76,11 @@ def learning_rate(config: ml_collections.ConfigDict, sched: Schedule, step, warm
         lr = base * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
     else:
         passed = sum((step >= b).astype(jnp.float32) for b in sched.boundaries)
-        lr = base * jnp.asarray(config.schedule.decay_factor, jnp.float32) ** passed
+        lr = base * jnp.asarray(hyper.decay_factor, jnp.float32) ** passed
     if sched.warmup_steps:
         lr = lr * jnp.minimum(1.0, (step + 1) / sched.warmup_steps)
     if config.schedule.warmup_until_error is not None:
-        lr = jnp.where(warm, config.schedule.warmup_lr, lr)
+        lr = jnp.where(warm, hyper.warmup_lr, lr)
     return lr
 
 

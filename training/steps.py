@@ -25,7 +25,8 @@ import optax
 from flax import nnx
 
 import models
-from training import finetune, optimizer, parallel, schedule
+from training import freeze, optimizer, parallel, schedule
+from training.hyper import Hyper
 
 Batch = dict[str, jax.Array]
 # The random stream of dropout, stochastic depth and RReLU (init, example order and
@@ -45,7 +46,6 @@ class TrainState:
     first_bad_step: jax.Array  # int32: first step whose loss was not finite, -1 if none
     plateau: schedule.PlateauState  # reduce-on-plateau scale and counters (schedule 'plateau')
     graphdef: Any = flax.struct.field(pytree_node=False)  # the module's structure
-    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
     def model(self, params: Any = None, batch_stats: Any = None, *,
               train: bool = False) -> models.ResNet:
@@ -68,17 +68,15 @@ def create_train_state(config: ml_collections.ConfigDict) -> TrainState:
     model = models.build_model(config.model, seed=config.seed,
                                bn_axis_name=parallel.bn_axis_name(config.batch_norm))
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    tx = optimizer.make_optimizer(config)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=batch_stats,
-        opt_state=tx.init(params),
+        opt_state=optimizer.make_optimizer(config).init(params),
         warm=jnp.asarray(config.schedule.warmup_until_error is not None),
         first_bad_step=jnp.full((), -1, jnp.int32),
         plateau=schedule.PlateauState.initial(),
         graphdef=graphdef,
-        tx=tx,
     )
 
 
@@ -93,7 +91,7 @@ def loss_fn(params: Any, state: TrainState, batch: Batch, rng: jax.Array, *,
     # Rebuild the statistics' containers inside this trace: NNX refuses to update
     # variables that were created at an outer trace level.
     model = state.model(params, jax.tree.map(lambda a: a, state.batch_stats), train=True)
-    finetune.freeze_batch_norm(model, config.finetune.freeze)
+    freeze.freeze_batch_norm(model, config.finetune.freeze)
     logits = model(batch["image"], rng=rng)
     labels = batch["label"]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -104,9 +102,13 @@ def loss_fn(params: Any, state: TrainState, batch: Batch, rng: jax.Array, *,
 
 
 def train_step(state: TrainState, batch: Batch, *, config: ml_collections.ConfigDict,
-               sched: schedule.Schedule, class_weights: Any = None,
-               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               sched: schedule.Schedule, hyper: Hyper | None = None,
+               class_weights: Any = None, axis_name: str | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step; returns the new state and the batch's ``loss`` and ``error``.
+
+    ``hyper`` holds the run's seed and scalar optimizer and schedule values:
+    the config's by default, a packed run's (traced) in a pack (``training.pack``).
 
     With ``axis_name`` (data parallelism, ``parallel.data_parallel``) each
     device runs this on its share of the batch: it differentiates its own
@@ -119,8 +121,9 @@ def train_step(state: TrainState, batch: Batch, *, config: ml_collections.Config
     # Dropout, stochastic depth and RReLU draw from a stream of their own, a pure
     # function of (seed, step[, device]): a resumed run makes the draws an
     # uninterrupted one would.
+    hyper = Hyper.of(config) if hyper is None else hyper
     rng = jax.random.fold_in(
-        jax.random.fold_in(jax.random.key(config.seed), LAYER_RNG_STREAM), state.step)
+        jax.random.fold_in(jax.random.key(hyper.seed), LAYER_RNG_STREAM), state.step)
     params = state.params
     if axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -133,14 +136,16 @@ def train_step(state: TrainState, batch: Batch, *, config: ml_collections.Config
         loss, error, batch_stats, grads = jax.lax.pmean((loss, error, batch_stats, grads),
                                                         axis_name)
 
-    lr = schedule.learning_rate(config, sched, state.step, state.warm, state.plateau.scale)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    lr = schedule.learning_rate(config, sched, state.step, state.warm, state.plateau.scale,
+                                hyper)
+    tx = optimizer.make_optimizer(config, hyper)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
-    is_frozen = finetune.frozen_predicate_of(config)
+    is_frozen = freeze.frozen_predicate_of(config)
     if config.optimizer.max_norm is not None:
         params = optimizer.project_max_norm(params, config.optimizer.max_norm, is_frozen)
-    if finetune.freezes(config.finetune.freeze):  # frozen BN layers ran on running stats
-        batch_stats = finetune.keep_frozen(is_frozen, state.batch_stats, batch_stats)
+    if freeze.freezes(config.finetune.freeze):  # frozen BN layers ran on running stats
+        batch_stats = freeze.keep_frozen(is_frozen, state.batch_stats, batch_stats)
 
     threshold = config.schedule.warmup_until_error
     warm = state.warm & (error >= threshold) if threshold is not None else state.warm
@@ -156,18 +161,18 @@ def train_step(state: TrainState, batch: Batch, *, config: ml_collections.Config
     return state, {"loss": loss, "error": error}
 
 
-def eval_step(state: TrainState, batch: Batch) -> jax.Array:
-    """Sums over the real (mask=1) examples of one batch, as one vector of 2K + 3 numbers.
+def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+    """Sums over the real (mask=1) examples of one batch, by name.
 
-    (wrong, summed loss, wrong per class (K), examples per class (K), count):
-    the per-class error of an imbalanced run comes out of the same pass;
-    ``measure.eval_metrics`` reads the vector.
+    ``wrong`` and ``loss`` (summed), ``wrong_per_class`` and ``count_per_class``
+    (one per class: the per-class error of an imbalanced run comes out of the
+    same pass) and ``count``; ``measure.eval_metrics`` reads them.
     """
     logits = state.model()(batch["image"])
     labels, mask = batch["label"], batch["mask"]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     wrong = (jnp.argmax(logits, -1) != labels).astype(jnp.float32) * mask
     in_class = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32) * mask[:, None]
-    return jnp.concatenate([jnp.stack([wrong.sum(), (loss * mask).sum()]),
-                            (wrong[:, None] * in_class).sum(0), in_class.sum(0),
-                            mask.sum()[None]])
+    return {"wrong": wrong.sum(), "loss": (loss * mask).sum(),
+            "wrong_per_class": (wrong[:, None] * in_class).sum(0),
+            "count_per_class": in_class.sum(0), "count": mask.sum()}
