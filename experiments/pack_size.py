@@ -15,8 +15,10 @@ trainers. It says in one line what it measured and chose.
 
 The command prints that line, then one JSON line (``pack``, ``backend``,
 ``images_per_sec`` per K, ``line``): the sweep launcher runs it in a
-subprocess, so that the launcher itself never holds the accelerator memory
-its trainers need.
+subprocess (``AutoSize``), so that the launcher itself never holds the
+accelerator memory its trainers need. ``parse_pack`` and ``default_pack``
+read ``--pack`` and a config file's ``pack(arg)``; like ``AutoSize`` they run
+in the launcher and import no JAX.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import TextIO
@@ -31,7 +34,9 @@ from typing import TextIO
 import ml_collections
 
 from data.datasets import IN_MEMORY_DATASETS
+from experiments.study_plan import REPO, Run
 from training import command_line, compile_cache, exits
+from training.run_dir import status_of
 
 CANDIDATES = (1, 2, 4, 8, 16)
 CPU_PACK = 4  # the largest pack measured on CPU (no slower per image than a lone run)
@@ -121,6 +126,66 @@ def _auto(config: ml_collections.ConfigDict, max_runs: int, backend: str | None,
     line = (f"pack auto: images/s on {backend} (batch {config.batch_size} per run) {shown} "
             f"-> packs of {k} (the largest within {WITHIN:.0%} of the best)")
     return k, line, measured, backend
+
+
+def parse_pack(text: str | int, where: str = "--pack") -> int | str:
+    """'auto' or a positive integer (as text or as a number); one-line ValueError otherwise."""
+    if text == "auto":
+        return "auto"
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 1:
+        return text
+    if isinstance(text, str) and text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ValueError(f"{where} must be a positive integer or 'auto', got {text!r}")
+
+
+def default_pack(config_path: str) -> int | str:
+    """The config file's ``pack(arg)`` (called like its ``sweep``), or 1 when it has none."""
+    path, arg = command_line.split_config_arg(config_path)
+    module = command_line.load_module(path)
+    if not hasattr(module, "pack"):
+        return 1
+    try:
+        value = command_line.call_with_arg(module.pack, arg)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken config file is bad input
+        raise ValueError(f"pack() in {path} failed: {type(e).__name__}: {e}") from e
+    return 1 if value is None else parse_pack(value, f"pack() in {path}")
+
+
+class AutoSize:
+    """``--pack auto``: each group's K, measured by ``experiments.pack_size`` in a subprocess.
+
+    Once a probe says the backend is the CPU (where K is ``pack_size.CPU_PACK``,
+    unmeasured), no other group is probed; nor is a group with fewer than two
+    runs left to train (K changes nothing).
+    """
+
+    def __init__(self, python: str, config: str, env: dict[str, str], out: TextIO):
+        self.python, self.config, self.env, self.out = python, config, env, out
+        self.backend: str | None = None
+
+    def __call__(self, runs: list[Run]) -> int:
+        left = [run for run in runs if status_of(run.workdir) not in ("finished", "diverged")]
+        if len(left) < 2:
+            return 1
+        if self.backend == "cpu":
+            return min(len(runs), CPU_PACK)
+        command = [self.python, "-m", "experiments.pack_size", self.config,
+                   "--max-runs", str(len(runs)),
+                   *(f"--config.{k}={v}" for k, v in runs[0].settings.items())]
+        out = subprocess.run(command, cwd=REPO, env=self.env, capture_output=True, text=True)
+        try:
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            k, self.backend, line = int(result["pack"]), result["backend"], result["line"]
+            if result["images_per_sec"]:
+                line += f" [the network of {runs[0].name}: {len(runs)} runs]"
+        except (IndexError, ValueError, KeyError, TypeError):
+            last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+            k, line = 1, f"pack auto: the probe of {runs[0].name} failed ({last}): no packing"
+        print(line, file=self.out, flush=True)
+        return k
 
 
 def main(argv: list[str] | None = None) -> int:

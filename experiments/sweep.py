@@ -9,7 +9,7 @@ times the product of the ``--sweep`` lists. Each run has its own directory,
 ``STUDY/<name>``, where the name is made of its swept values, and its own
 ``train.log`` there. ``--pack K`` trains up to K runs of one network that
 differ only in seed or scalar optimizer/schedule values as one pack: one
-``train.py --run DIR ... --run DIR ...`` subprocess (``sweep_packs``; ``auto``:
+``train.py --run DIR ... --run DIR ...`` subprocess (``study_plan``; ``auto``:
 K measured on the machine, up to 4 on CPU; default: the config file's ``pack(arg)``,
 else 1, one ``train.py --workdir DIR`` per run). Paths in the commands are
 absolute (the config file's is resolved against the working directory once,
@@ -33,116 +33,40 @@ import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
-import itertools
 import os
-import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
 
-import train
-from experiments import sweep_packs
-from experiments.sweep_console import Console, say
-from experiments.sweep_packs import Pack, Run, acquire_lock, read_summary, release_lock
+from experiments import pack_size
+from experiments.study_plan import (
+    MAX_NAME,
+    REPO,
+    Pack,
+    Run,
+    absolute_config,
+    expand,
+    make_packs,
+    plan,
+    run_name,
+)
+from experiments.sweep_console import Console, LogCopy, say
 from training import command_line, exits
-from training.run_dir import record_failure, write_json_atomic
+from training.run_dir import (
+    acquire_lock,
+    read_summary,
+    record_failure,
+    release_lock,
+    write_json_atomic,
+)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+__all__ = ["MAX_NAME", "REPO", "Launcher", "acquire_lock", "expand", "main", "plan",
+           "release_lock", "run_name"]
 DONE = ("finished", "diverged")
-MAX_NAME = 120
 HAS_PARENT_DEATH_SIGNAL = sys.platform.startswith("linux")  # see exits.die_with_parent
-
-
-def _value_text(v) -> str:
-    return str(v) if not isinstance(v, tuple | list) else repr(tuple(v))
-
-
-def expand(config_path: str, swept: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
-    """The runs of a study: the file's sweep() list times the product of ``--sweep`` lists."""
-    path, arg = command_line.split_config_arg(config_path)
-    module = command_line.load_module(path)
-    base: list[dict[str, str]] = []
-    if hasattr(module, "sweep"):
-
-        def add(**overrides):
-            base.append({k: _value_text(v) for k, v in overrides.items()})
-
-        try:
-            command_line.call_with_arg(module.sweep, arg, add)
-        except ValueError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"sweep() in {path} failed: {type(e).__name__}: {e}") from e
-    if not base:
-        base = [{}]
-    keys = [k for k, _ in swept]
-    product = [dict(zip(keys, values, strict=True))
-               for values in itertools.product(*(v for _, v in swept))]
-    return [{**b, **p} for b in base for p in product]
-
-
-def run_name(overrides: dict[str, str]) -> str:
-    """'depth=56,plain=True' from the swept values; safe as one path component."""
-    if not overrides:
-        return "run"
-    leaves = [k.split(".")[-1] for k in overrides]
-    parts = []
-    for key, value in overrides.items():
-        short = key.split(".")[-1]
-        parts.append(f"{short if leaves.count(short) == 1 else key}={value}")
-    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(parts))
-    name = re.sub(r"\.{2,}", "_", name).strip(".") or "run"
-    if len(name) > MAX_NAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
-        name = f"{name[:MAX_NAME - 11]}-{digest}"
-    return name
-
-
-def absolute_config(config_path: str) -> str:
-    """'configs/x.py:ARG' -> '/abs/.../configs/x.py:ARG', resolved against the cwd.
-
-    An absolute path that holds a ':' (which would start the argument) is
-    given relative to the repository instead, where the launcher runs trainers.
-    """
-    path, arg = command_line.split_config_arg(config_path)
-    path = os.path.abspath(path)
-    if ":" in path:
-        path = os.path.relpath(path, REPO)
-        if ":" in path:
-            raise ValueError(f"the config file's path {path!r} must not contain ':'")
-    return path if arg is None else f"{path}:{arg}"
-
-
-def plan(config_path: str, workdir: str, global_overrides: dict[str, str],
-         swept: list[tuple[str, list[str]]], python: str, train_script: str) -> list[Run]:
-    """Expands, names and validates every run (its config must load) before any compute.
-
-    Each run's command names every file by its absolute path (the config file
-    resolved against the working directory): it runs from any directory.
-    """
-    study = os.path.realpath(workdir)
-    config_arg = absolute_config(config_path)
-    train_script = os.path.abspath(train_script)
-    runs, seen = [], set()
-    for overrides in expand(config_path, swept):
-        config = command_line.load_config(config_path, {**global_overrides, **overrides})
-        train.validate_config(config, num_devices=None)
-        name = run_name(overrides)
-        if name in seen:
-            raise ValueError(f"two runs of the sweep share the name {name!r}")
-        seen.add(name)
-        run_dir = os.path.realpath(os.path.join(study, name))
-        if os.path.dirname(run_dir) != study:
-            raise ValueError(f"run name {name!r} would leave the study directory")
-        settings = {**global_overrides, **overrides}
-        command = [python, train_script, "--config", config_arg, "--workdir", run_dir]
-        command += [f"--config.{k}={v}" for k, v in settings.items()]
-        runs.append(Run(name, overrides, run_dir, command, settings,
-                        sweep_packs.group_of(config)))
-    return runs
+STOPPED = {*exits.EXIT_INTERRUPTED.values(), *(-int(s) for s in exits.EXIT_INTERRUPTED)}
 
 
 def trainer_env(devices: list[str], workers: int, slot: int) -> dict[str, str]:
@@ -220,7 +144,7 @@ class Launcher:
         """
         logs = [os.path.join(run.workdir, "train.log") for run in members]
         offsets = [os.path.getsize(p) if os.path.exists(p) else 0 for p in logs]
-        copy = sweep_packs.LogCopy(logs[0], offsets[0], logs[1:]) if len(logs) > 1 else None
+        copy = LogCopy(logs[0], offsets[0], logs[1:]) if len(logs) > 1 else None
         where = f"; pack {pack.index}, {len(members)} runs" if copy else ""
         for i, (run, log_path, offset) in enumerate(zip(members, logs, offsets, strict=True)):
             checkpoints = os.path.join(run.workdir, "checkpoints")
@@ -250,7 +174,7 @@ class Launcher:
             summary = read_summary(run.workdir)
             status = summary.get("status")
             own = str(summary.get("error") or last) if status == "diverged" else last
-            result, detail = sweep_packs.outcome(proc.returncode, status, own)
+            result, detail = outcome(proc.returncode, status, own)
             if result == "failed" and status is None:
                 record_failure(run.workdir, "failed", detail, name=run.name)
             ended.append((run, result, detail))
@@ -310,6 +234,22 @@ class Launcher:
         return ended
 
 
+def outcome(returncode: int, status: str | None, last: str) -> tuple[str, str]:
+    """How one run of a trainer ended, from the trainer's exit code and the run's summary.
+
+    A pack exits 3 when some of its runs diverged and the others finished.
+    """
+    if status == "finished" and returncode in (0, exits.EXIT_DIVERGED):
+        return "finished", ""
+    if status == "diverged":
+        return "diverged", last
+    if returncode in STOPPED:  # a signal: the trainer's exit code, or the signal itself
+        return "interrupted", last
+    if returncode == exits.EXIT_BAD_INPUT and "is in use by process" in last:
+        return "locked", last  # a trainer of an earlier launcher is still stopping
+    return "failed", last or f"exit status {returncode}"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = command_line.ArgumentParser(prog="python -m experiments.sweep",
                                    description=__doc__.splitlines()[0])
@@ -333,7 +273,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.pack is not None:
-        args.pack = sweep_packs.parse_pack(args.pack)
+        args.pack = pack_size.parse_pack(args.pack)
     args.swept = []
     for item in args.sweep:
         key, sep, values = item.partition("=")
@@ -348,12 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         runs = plan(args.config, args.workdir, args.overrides, args.swept, args.python,
                     args.train_script)
-        pack = args.pack if args.pack is not None else sweep_packs.default_pack(args.config)
-        size = pack if pack != "auto" else sweep_packs.AutoSize(
+        pack = args.pack if args.pack is not None else pack_size.default_pack(args.config)
+        size = pack if pack != "auto" else pack_size.AutoSize(
             args.python, absolute_config(args.config),
             trainer_env(Launcher._devices(), args.workers, 0),
             sys.stderr if args.dry_run else sys.stdout)  # stdout: the dry run's commands
-        packs = sweep_packs.make_packs(runs, size, python=args.python,
+        packs = make_packs(runs, size, python=args.python,
                                        train_script=os.path.abspath(args.train_script),
                                        config=absolute_config(args.config))
     except ValueError as e:

@@ -7,6 +7,8 @@ study's steps with each running run's step and the time left, and
 otherwise plain lines: ``[start] NAME (log: PATH)``, a few ``[progress]``
 lines per run and ``[finished] NAME (N s)``, each printed when it happens.
 ``say`` prints one whole line from any thread, above the bar if there is one.
+``LogCopy`` copies a pack's log, which its trainer writes to its first run's
+``train.log``, into its other runs' logs as it comes.
 """
 
 from __future__ import annotations
@@ -267,3 +269,47 @@ class Console:
                    else f"{name} starting" for name, live in self.live.items()]
         self.bar.set_postfix_str(", ".join(running), refresh=False)
         self.bar.refresh(nolock=False)
+
+
+COPY_EVERY_S = 0.2  # how often LogCopy reads a pack's log
+
+
+class LogCopy:
+    """Copies what a trainer appends to ``source`` (from ``offset``) to every file of ``targets``.
+
+    A thread reads the new bytes every ``COPY_EVERY_S``; ``close`` copies the
+    rest. The trainer writes to a file, not a pipe, so it never depends on
+    the launcher being alive to take its output.
+    """
+
+    def __init__(self, source: str, offset: int, targets: list[str]):
+        self.source, self.offset = source, offset
+        self.targets = [open(t, "ab") for t in targets]  # noqa: SIM115 - closed in close()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pack-log-copy", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(COPY_EVERY_S):
+            self.copy()
+
+    def copy(self) -> None:
+        try:
+            with open(self.source, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return
+        self.offset += len(data)
+        for target in self.targets:
+            target.write(data)
+            target.flush()
+
+    def close(self, tail: str = "") -> None:
+        """Copies the rest, then ``tail`` (the trainer's stderr), and closes the targets."""
+        self._stop.set()
+        self._thread.join()
+        self.copy()
+        for target in self.targets:
+            target.write(tail.encode())
+            target.close()

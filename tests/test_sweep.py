@@ -326,3 +326,13 @@ def test_a_killed_launcher_leaves_no_orphan_and_a_rerun_resumes_its_run(tmp_path
     assert "[finished] run" in out.stdout
     logged = [m["step"] for m in read_metrics(study / "run")]
     assert logged == list(range(5, steps + 1, 5))  # every logged step once: no second trainer
+
+
+def test_the_launcher_imports_no_jax_flax_orbax_or_tensorflow():
+    """It plans, locks and follows runs; validation that needs JAX runs in a trainer process."""
+    heavy = ("jax", "flax", "orbax", "optax", "tensorflow", "tensorflow_datasets")
+    out = subprocess.run([sys.executable, "-c", "import sys, experiments.sweep; "
+                          f"print([m for m in {heavy!r} if m in sys.modules])"],
+                         capture_output=True, text=True, cwd=sweep.REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

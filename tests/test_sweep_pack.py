@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import launch_sweep, tiny_config
 
-from experiments import pack_size, sweep, sweep_packs
-from training import command_line
+from experiments import pack_size, study_plan, sweep
+from training import command_line, pack
+from training.run_dir import read_summary
 
 # Two networks (depth 20 and 56) times three seeds, in the order the seeds come; pack(arg)
 # says the default --pack.
@@ -91,7 +92,7 @@ def _plan(config, study, swept=(), **overrides):
 
 
 def _packs(runs, size):
-    return sweep_packs.make_packs(runs, size, python=sys.executable, train_script="/t.py",
+    return study_plan.make_packs(runs, size, python=sys.executable, train_script="/t.py",
                                   config="/c.py")
 
 
@@ -136,10 +137,10 @@ def test_pack_keys_share_a_pack_and_other_keys_do_not(tmp_path):
 
 def test_streamed_datasets_and_seeds_beyond_int32_never_pack():
     streamed = command_line.load_config("configs/imagenet.py:resnet-18")
-    assert sweep_packs.group_of(streamed) is None
-    assert sweep_packs.group_of(tiny_config(seed=2**31)) is None
-    assert sweep_packs.group_of(tiny_config(seed=5)) == sweep_packs.group_of(tiny_config())
-    runs = [sweep_packs.Run(f"r{i}", {}, f"/w/r{i}", ["lone", str(i)], {}, None)
+    assert pack.group_of(streamed) is None
+    assert pack.group_of(tiny_config(seed=2**31)) is None
+    assert pack.group_of(tiny_config(seed=5)) == pack.group_of(tiny_config())
+    runs = [study_plan.Run(f"r{i}", {}, f"/w/r{i}", ["lone", str(i)], {}, None)
             for i in range(3)]
     packs = _packs(runs, 4)
     assert _names(packs) == [["r0"], ["r1"], ["r2"]] and packs[1].command() == ["lone", "1"]
@@ -184,10 +185,10 @@ def test_the_degradation_study_packs_the_seeds_of_each_network(tmp_path):
         args = command_line.parse_train_args(shlex.split(line)[2:])
         assert [own for _, own in args.runs] == [{"seed": str(s)} for s in (0, 1, 2)]
         assert {"model.depth", "model.plain"} <= set(args.overrides)
-    assert sweep_packs.default_pack("configs/degradation.py:cifar10,seeds=5") == "auto"
-    assert sweep_packs.default_pack("configs/degradation.py:cifar10") == 1
-    assert sweep_packs.default_pack("configs/degradation.py") == 1
-    assert sweep_packs.default_pack("configs/digits.py") == 1  # no pack(): 1
+    assert pack_size.default_pack("configs/degradation.py:cifar10,seeds=5") == "auto"
+    assert pack_size.default_pack("configs/degradation.py:cifar10") == 1
+    assert pack_size.default_pack("configs/degradation.py") == 1
+    assert pack_size.default_pack("configs/digits.py") == 1  # no pack(): 1
 
 
 def test_pack_defaults_to_the_config_files_and_auto_packs_on_cpu_unmeasured(files, tmp_path):
@@ -221,13 +222,13 @@ def test_auto_probes_only_groups_with_runs_left_and_a_failed_probe_means_no_pack
     import io
     import shutil
 
-    runs = [sweep_packs.Run(f"s{i}", {}, str(tmp_path / f"s{i}"), [], {"seed": str(i)}, "g")
+    runs = [study_plan.Run(f"s{i}", {}, str(tmp_path / f"s{i}"), [], {"seed": str(i)}, "g")
             for i in range(3)]
     for run in runs[:2]:
         os.makedirs(run.workdir)
         Path(run.workdir, "summary.json").write_text('{"status": "finished"}')
     out = io.StringIO()
-    auto = sweep_packs.AutoSize(shutil.which("false"), "configs/digits.py", dict(os.environ),
+    auto = pack_size.AutoSize(shutil.which("false"), "configs/digits.py", dict(os.environ),
                                 out)
     assert auto(runs) == 1 and out.getvalue() == ""  # one run left: nothing to measure
     Path(runs[1].workdir, "summary.json").unlink()
@@ -266,7 +267,7 @@ def test_one_trainer_per_pack_each_run_with_its_own_log_lock_and_status(files, t
         assert f"[start] {name} (log: {log}; pack " in out.stdout
         assert not (study / name / ".lock").exists()
     # Each run its own status: from its summary, or recorded when the trainer left none.
-    status = {n: sweep_packs.read_summary(str(study / n)) for n in
+    status = {n: read_summary(str(study / n)) for n in
               ("depth=20,seed=1", "depth=20,seed=2", "depth=56,seed=0", "depth=56,seed=1")}
     assert status["depth=20,seed=1"]["status"] == "diverged"
     assert "[diverged] depth=20,seed=1 (" in out.stdout
@@ -366,7 +367,7 @@ def test_a_real_pack_through_the_launcher(tmp_path):
     first_losses = set()
     for name, seed in (("seed=0", 0), ("seed=1", 1)):
         assert "2 runs in one pack" in (study / name / "train.log").read_text()
-        assert sweep_packs.read_summary(str(study / name))["status"] == "finished"
+        assert read_summary(str(study / name))["status"] == "finished"
         assert json.loads((study / name / "config.json").read_text())["seed"] == seed
         lines = read_metrics(study / name)
         assert [line["step"] for line in lines] == [5, 10, 15, 20]

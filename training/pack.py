@@ -49,6 +49,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from data import feeds
+from data.datasets import IN_MEMORY_DATASETS
 from data.device import replicate
 from training import dispatch, hyper, parallel, schedule, steps
 
@@ -126,6 +127,17 @@ def group_key(config: ml_collections.ConfigDict) -> str:
     free = set(PACK_KEYS) - ({"data_seed"} if selects else set())
     return json.dumps({k: v for k, v in flat.items() if k not in free}, sort_keys=True,
                       default=repr)
+
+
+def group_of(config: ml_collections.ConfigDict) -> str | None:
+    """The run's pack group (``group_key``), or None when it cannot pack.
+
+    Runs of a streamed dataset, or whose seed does not fit the pack's int32,
+    never pack.
+    """
+    if config.dataset not in IN_MEMORY_DATASETS or not -2**31 <= config.seed < 2**31:
+        return None
+    return group_key(config)
 
 
 def create_packed_state(configs: Sequence[ml_collections.ConfigDict]) -> PackedState:

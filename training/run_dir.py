@@ -1,5 +1,9 @@
 """The files of a run directory: config.json, metrics.jsonl, summary.json, TensorBoard events.
 
+Also what launchers read and hold there (``read_summary``, ``status_of``, the
+launcher's lock ``acquire_lock``): this module imports no JAX, so the sweep
+launcher stays light.
+
 Everything is JSON (never pickle) and written so that a kill at any moment
 leaves readable files: whole-file writes go to a temporary file that is then
 renamed over the old one, and metrics lines are appended and flushed one at a
@@ -15,12 +19,12 @@ import json
 import math
 import os
 import secrets
+import socket
 import stat
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any
-
-from training import tb_events
 
 
 def _create_new(path: str) -> int:
@@ -157,6 +161,8 @@ class MetricsLog:
             f.flush()
             os.fsync(f.fileno())
         if self._tb is None:
+            from training import tb_events  # noqa: PLC0415 - readers of runs never need it
+
             self._tb = tb_events.EventFile(self.workdir, purge_step=self._purge_step)
         self._tb.scalars(line["step"], {k: v for k, v in line.items()
                                         if k != "step" and isinstance(v, int | float)})
@@ -266,3 +272,65 @@ def record_failure(workdir: str, status: str, error: str, **fields: Any) -> None
         return
     summary = summarize(MetricsLog(workdir, False).read(), status=status, error=error, **fields)
     write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+
+
+def read_summary(workdir: str) -> dict:
+    """The run's summary.json; {} when it has none (or an unreadable one)."""
+    try:
+        summary = read_json(os.path.join(workdir, "summary.json"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def status_of(workdir: str) -> str | None:
+    """The run's status (finished, diverged, failed, ...); None without a summary."""
+    return read_summary(workdir).get("status")
+
+
+LAUNCHER_LOCK = ".lock"  # a launcher's claim on a run (the trainer's own is RunDir.LOCK)
+STALE_UNREADABLE_LOCK_S = 60
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(workdir: str) -> bool:
+    """Takes RUN_DIR/.lock atomically for a launcher; a lock of a dead process is taken over."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LAUNCHER_LOCK)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = read_json(path)
+                alive = holder.get("host") != me["host"] or _pid_alive(int(holder["pid"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                alive = time.time() - os.path.getmtime(path) < STALE_UNREADABLE_LOCK_S
+            if alive:
+                return False
+            os.remove(path)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return True
+    return False
+
+
+def release_lock(workdir: str) -> None:
+    """Removes RUN_DIR/.lock if this process holds it."""
+    path = os.path.join(workdir, LAUNCHER_LOCK)
+    try:
+        if read_json(path).get("pid") == os.getpid():
+            os.remove(path)
+    except (OSError, ValueError):
+        pass
