@@ -15,7 +15,7 @@ Expect (paper, Table 6, test error): ResNet-20 8.75%, 32 7.51%, 44 7.17%,
 
 import ml_collections
 
-from configs import default
+from configs import default, network_arg
 
 
 def get_config(arg: str | None = "resnet-20") -> ml_collections.ConfigDict:
@@ -25,7 +25,7 @@ def get_config(arg: str | None = "resnet-20") -> ml_collections.ConfigDict:
     c.schedule.boundaries_steps = (32000, 48000)
     c.num_steps = 64000
     c.eval_batch_size = 500
-    default.apply_arg(c, arg)
+    network_arg.apply(c, arg)
     if c.model.depth >= 110:
         c.schedule.warmup_until_error = 0.8
     if c.model.depth >= 1000:

@@ -14,7 +14,7 @@ with a much higher training error than plain-20 (the degradation problem).
 
 import ml_collections
 
-from configs import default
+from configs import default, network_arg
 
 
 def get_config(arg: str | None = "resnet-20") -> ml_collections.ConfigDict:
@@ -29,6 +29,6 @@ def get_config(arg: str | None = "resnet-20") -> ml_collections.ConfigDict:
     c.eval_every_steps = 100
     c.checkpoint_every_steps = 100
     c.eval_batch_size = 360
-    default.apply_arg(c, arg)
+    network_arg.apply(c, arg)
     c.lock()
     return c

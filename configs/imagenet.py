@@ -19,7 +19,7 @@ ResNet-18 27.88%, ResNet-34 25.03%.
 
 import ml_collections
 
-from configs import default
+from configs import default, network_arg
 
 
 def get_config(arg: str | None = "resnet-18") -> ml_collections.ConfigDict:
@@ -36,6 +36,6 @@ def get_config(arg: str | None = "resnet-18") -> ml_collections.ConfigDict:
     c.eval_batch_size = 250
     c.layer_responses = False
     c.normalize = "channel_standardize"  # fixed ImageNet statistics (the stream is not scanned)
-    default.apply_arg(c, arg)
+    network_arg.apply(c, arg)
     c.lock()
     return c

@@ -47,7 +47,7 @@ class NetworkSpec:
 
     @property
     def name(self) -> str:
-        """The network's name, in the grammar ``configs.default.apply_network_name`` parses.
+        """The network's name, in the grammar ``configs.network_arg.apply_network_name`` parses.
 
         ``plain-20``, ``resnet-56``, ``preact-164``, ``plain-preact-110``, ``wrn-28-10``.
         """

@@ -12,7 +12,7 @@ import pytest
 from conftest import make_run
 
 import models
-from configs import default
+from configs import default, network_arg
 from experiments import report
 from experiments.figures import plot_fit_gap, plot_step_losses
 from experiments.study import Row, build_rows, load_runs
@@ -353,7 +353,7 @@ NAMES = ["plain-20", "resnet-56", "preact-164", "plain-preact-110", "wrn-28-10",
 @pytest.mark.parametrize("name", NAMES)
 def test_a_network_name_parses_into_the_config_of_the_network_of_that_name(name):
     config = default.get_config()
-    default.apply_network_name(config, name)
+    network_arg.apply_network_name(config, name)
     assert models.spec_from_config(config.model).name == name
 
 
@@ -361,7 +361,7 @@ def test_report_labels_are_the_specs_labels():
     labels = {}
     for name in NAMES:
         config = default.get_config()
-        default.apply_network_name(config, name)
+        network_arg.apply_network_name(config, name)
         labels[name] = models.spec_from_config(config.model).label
     assert labels == {"plain-20": "plain-20", "resnet-56": "ResNet-56",
                       "preact-164": "pre-act ResNet-164", "plain-preact-110": "pre-act plain-110",

@@ -7,7 +7,7 @@ and defines one flag per override key, typed like the field it replaces, so a
 mistyped key or a value of the wrong type is an error. On top of it:
 ``none``/``None``/``null`` set any field to None (placeholders included),
 booleans take true/false, yes/no or 1/0 in any case and nothing else (as in
-the config argument: ``configs.default.parse_bool``; absl alone also takes
+the config argument: ``configs.network_arg.parse_bool``; absl alone also takes
 t/f), and every failure is a one-line ``ValueError`` that names the file, key
 or value. The sweep launcher loads every run's config through here to
 validate a study before starting any run.
@@ -34,7 +34,7 @@ from absl import flags
 from ml_collections import ConfigDict, config_flags
 from ml_collections.config_flags import config_path, tuple_parser
 
-from configs.default import parse_bool
+from configs.network_arg import parse_bool
 from training.exits import EXIT_BAD_INPUT
 
 NONE_WORDS = ("None", "none", "null")  # an override with one of these sets the field to None

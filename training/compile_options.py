@@ -1,12 +1,13 @@
 """XLA compiler options for the project's jitted programs, chosen per backend.
 
-Why: on CPU, XLA (jaxlib 0.10) hands 2-D convolutions with more than 16
-channels to YNNPACK by default. For the shapes of the CIFAR ResNets, XLA's
-own (Eigen) convolutions are faster, and much faster for the kernel gradient
-(written as a convolution with the batch as its features, see
-``models/conv.py``), and so is the whole training step (BENCHMARKS.md has
-the per-shape and per-step figures). So the CPU programs take convolutions
-out of XLA's YNNPACK fusion types and leave its other defaults alone. GPUs and TPUs get no options.
+Why: on CPU, XLA hands 2-D convolutions with more than 16 channels to
+YNNPACK by default (in the jaxlib releases BENCHMARKS.md names). For the
+shapes of the CIFAR ResNets, XLA's own (Eigen) convolutions are faster, and
+much faster for the kernel gradient (written as a convolution with the batch
+as its features, see ``models/conv.py``), and so is the whole training step
+(BENCHMARKS.md has the per-shape and per-step figures). So the CPU programs
+take convolutions out of XLA's YNNPACK fusion types and leave its other
+defaults alone. GPUs and TPUs get no options.
 
 Set ``xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` to choose for
 yourself: then nothing is overridden here.
@@ -21,8 +22,9 @@ from typing import Any
 import jax
 
 YNN_FUSION_FLAG = "xla_cpu_experimental_ynn_fusion_type"
-# XLA's default YNNPACK fusion types (jaxlib 0.10.2) less INDIVIDUAL_CONVOLUTION. Given
-# as a list: compiler_options, unlike XLA_FLAGS, does not take the '-TYPE' form.
+# XLA's default YNNPACK fusion types less INDIVIDUAL_CONVOLUTION (BENCHMARKS.md says for
+# which jaxlib releases this was measured). Given as a list: compiler_options, unlike
+# XLA_FLAGS, does not take the '-TYPE' form.
 CPU_OPTIONS = {
     YNN_FUSION_FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
 }
