@@ -55,7 +55,7 @@ def _colour_key(row: Row) -> tuple:
 
 def evaluations(rows: list[Row]) -> int:
     """The most evaluations (steps with a test error, in every seed) of any network."""
-    return max((len(_curve(r.runs, "test_error")[0]) for r in rows), default=0)
+    return max((len(_curve(r.shown_runs, "test_error")[0]) for r in rows), default=0)
 
 
 def _legend_outside(ax, *, below: bool, ncol: int = 1, fontsize: int = 8) -> None:
@@ -90,8 +90,8 @@ def plot_curves(rows: list[Row], out_base: str) -> tuple[list[str], dict[str, di
     for ax, plain in zip(axes, kinds, strict=True):
         for row in (r for r in rows if r.plain == plain):
             c = colours[_colour_key(row)]
-            steps, train = _curve(row.runs, "train_error")
-            steps_t, test = _curve(row.runs, "test_error")
+            steps, train = _curve(row.shown_runs, "train_error")
+            steps_t, test = _curve(row.shown_runs, "test_error")
             label = row.label + ("" if row.finished else f" ({row.status})")
             drawn = ("line" if len(steps_t) >= MIN_EVALUATIONS else "point" if steps_t
                      else "none")
@@ -136,7 +136,7 @@ def plot_responses(rows: list[Row], out_base: str) -> tuple[list[str], dict[str,
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), layout="constrained")
     plotted = {}
     for i, row in enumerate(r for r in rows if any(x.responses for x in r.runs)):
-        stds = [r.responses for r in row.runs if r.responses]
+        stds = [r.responses for r in row.shown_runs if r.responses]
         mean = [statistics.fmean(v) for v in zip(*stds, strict=False)]
         colour = palette[i % len(palette)]
         every = max(1, len(mean) // 30)  # at most ~30 markers a curve, staggered
@@ -264,7 +264,7 @@ def plot_step_losses(rows: list[Row], out_base: str) -> tuple[list[str], dict[st
     Returns the files and, per network label, the series plotted (``step_losses``).
     """
     def draw(ax, row):
-        d = step_losses(row.runs)
+        d = step_losses(row.shown_runs)
         if d["steps"]:
             ax.plot(d["steps"], d["loss"], color="tab:blue", linewidth=0.5, alpha=0.5,
                     label="each step")
@@ -289,7 +289,7 @@ def plot_fit_gap(rows: list[Row], out_base: str) -> tuple[list[str], dict[str, d
     Returns the files and, per network label, the series plotted (``fit_gap``).
     """
     def draw(ax, row):
-        d = fit_gap(row.runs)
+        d = fit_gap(row.shown_runs)
         if len(d["steps"]) < MIN_EVALUATIONS:
             ax.text(0.5, 0.5, "fewer than two evaluations", transform=ax.transAxes,
                     ha="center", va="center", fontsize=9)

@@ -14,11 +14,13 @@ import json
 import math
 import os
 import statistics
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import models
 from experiments import paper
+from training.exits import first_line
 from training.run_dir import MetricsLog, flatten, read_json
 
 IGNORED_KEYS = ("seed",)
@@ -34,6 +36,7 @@ class Run:
     metrics: list[dict]
     summary: dict | None
     responses: list[float] | None
+    study: str = ""  # the study it belongs to, under the report's directory ('' = that one)
 
     @property
     def status(self) -> str:
@@ -55,12 +58,20 @@ class Row:
     train_error_std: float | None = None
     test_error: float | None = None
     test_error_std: float | None = None
+    val_error: float | None = None  # %, mean over seeds (runs with a validation split)
     best_test_error: float | None = None  # %, mean over seeds of each seed's best
     best_test_error_std: float | None = None
     best_test_error_min: float | None = None  # %, the lowest of the seeds' bests
     paper_error: float | None = None
     status: str = ""
     arch: str = ""  # the architecture besides depth and shortcuts ('' = the paper's nets)
+
+    @property
+    def shown_runs(self) -> list[Run]:
+        """The runs the row's curves and figures average: the finished ones (all, if none
+        finished: a study still in progress)."""
+        done = [r for r in self.runs if r.status == "finished"]
+        return done or self.runs
 
     @property
     def finished(self) -> bool:
@@ -74,7 +85,12 @@ def _pct(v) -> float | None:
 
 
 def load_runs(study_dir: str) -> list[Run]:
-    """Every directory under ``study_dir`` holding a config.json."""
+    """Every directory under ``study_dir`` holding a config.json.
+
+    A file that cannot be read as what it should be (a summary that is not a
+    JSON object, a cut-short file, a metrics file that is a directory) is left
+    out with one ``warning:`` line naming it; the run counts as unfinished.
+    """
     if not os.path.isdir(study_dir):
         raise ValueError(f"study directory {study_dir} does not exist")
     runs = []
@@ -82,18 +98,62 @@ def load_runs(study_dir: str) -> list[Run]:
         dirs[:] = sorted(d for d in dirs if d != "checkpoints")
         if "config.json" not in files:
             continue
-        metrics = MetricsLog(root, False).read()
+        config = _read_object(os.path.join(root, "config.json"))
+        if config is None:
+            continue
+        metrics = []
+        if os.path.isdir(os.path.join(root, "metrics.jsonl")):
+            _warn(os.path.join(root, "metrics.jsonl"), "is a directory")
+        else:
+            metrics = MetricsLog(root, False).read()
         summary = responses = None
         if "summary.json" in files:
-            summary = read_json(os.path.join(root, "summary.json"))
+            summary = _read_object(os.path.join(root, "summary.json"))
         if "layer_responses.json" in files:
-            blocks = read_json(os.path.join(root, "layer_responses.json"))["blocks"]
-            responses = [b["std"] for b in blocks]
-        runs.append(Run(root, read_json(os.path.join(root, "config.json")), metrics,
-                        summary, responses))
+            blocks = (_read_object(os.path.join(root, "layer_responses.json")) or {})
+            if isinstance(blocks.get("blocks"), list):
+                responses = [b["std"] for b in blocks["blocks"]]
+        runs.append(Run(root, config, metrics, summary, responses,
+                        _study_of(study_dir, root)))
     if not runs:
         raise ValueError(f"no run directories (with config.json) under {study_dir}")
     return runs
+
+
+def _study_of(study_dir: str, run_dir: str) -> str:
+    """The nearest directory above a run that holds a sweep.json, relative to ``study_dir``
+    ('' for ``study_dir`` itself, or when none does).
+
+    A folder of several studies keeps them apart: the same settings and seed in
+    two studies are one setting run twice, not two seeds.
+    """
+    top = os.path.realpath(study_dir)
+    here = os.path.realpath(os.path.dirname(run_dir))
+    while here.startswith(top):
+        if os.path.exists(os.path.join(here, "sweep.json")):
+            rel = os.path.relpath(here, top)
+            return "" if rel == os.curdir else rel
+        if here == top:
+            break
+        here = os.path.dirname(here)
+    return ""
+
+
+def _warn(path: str, why: str) -> None:
+    print(f"warning: {path} {why}; left out of the report", file=sys.stderr)
+
+
+def _read_object(path: str) -> dict | None:
+    """A JSON object from ``path``; None (with a warning naming it) when it is not one."""
+    try:
+        value = read_json(path)
+    except (OSError, ValueError) as e:
+        _warn(path, f"cannot be read ({first_line(e)})")
+        return None
+    if not isinstance(value, dict):
+        _warn(path, f"is not a JSON object (a {type(value).__name__})")
+        return None
+    return value
 
 
 def network_label(model: dict) -> tuple[str, str]:
@@ -141,20 +201,24 @@ def build_rows(runs: list[Run]) -> list[Row]:
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run, f, (dataset, label, arch) in zip(runs, flat, names, strict=True):
         variant = ",".join(f"{k.split('.')[-1]}={f.get(k)}" for k in varying)
+        if len({r.study for r in runs}) > 1:  # a folder of studies: each kept apart
+            variant = ",".join(x for x in (f"study={run.study or '.'}", variant) if x)
         groups[(dataset, bool(f["model.plain"]), int(f["model.depth"]), label, arch,
                 variant)].append(run)
     rows = []
     for (dataset, plain, depth, label, arch, variant), members in groups.items():
         row = Row(label + (f" ({variant})" if variant else ""), dataset, depth, plain, variant,
                   members, arch=arch)
-        finished = [r for r in members if r.summary and r.summary.get("final_train_error")
-                    is not None]
+        # Means, stds and the lowest best come from finished runs only; the status column
+        # says what became of the others.
+        finished = [r for r in members if r.status == "finished"]
         row.params = next((r.summary.get("params") for r in members
                            if r.summary and r.summary.get("params")), None)
         row.train_error, row.train_error_std = _mean_std(
             [_pct(r.summary["final_train_error"]) for r in finished])
         row.test_error, row.test_error_std = _mean_std(
             [_pct(r.summary.get("final_test_error")) for r in finished])
+        row.val_error, _ = _mean_std([_pct(r.summary.get("final_val_error")) for r in finished])
         bests = [_pct(r.summary.get("best_test_error")) for r in finished]
         row.best_test_error, row.best_test_error_std = _mean_std(bests)
         row.best_test_error_min = min((b for b in bests if b is not None), default=None)
@@ -169,8 +233,11 @@ def build_rows(runs: list[Run]) -> list[Row]:
 
 
 def _status_text(members: list[Run]) -> str:
+    """What became of the row's runs: 'finished', or '2 finished; 1 failed' and so on."""
+    order = ["finished", "diverged", "failed"]
+    order += sorted({r.status for r in members} - {*order, "unfinished"}) + ["unfinished"]
     parts = []
-    for status in ("finished", "diverged", "failed", "unfinished"):
+    for status in order:
         hit = [r for r in members if r.status == status]
         if not hit:
             continue

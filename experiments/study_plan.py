@@ -36,6 +36,7 @@ class Run:
     command: list[str] = field(default_factory=list)  # its train.py command, alone
     settings: dict[str, str] = field(default_factory=dict)  # every override of its config
     group: str | None = None  # runs of one group may share a pack; None: never packs
+    config: dict = field(default_factory=dict)  # its final config, as config.json holds it
 
 
 @dataclass
@@ -141,7 +142,7 @@ def plan(config_path: str, workdir: str, global_overrides: dict[str, str],
     train_script = os.path.abspath(train_script)
     runs, seen = [], set()
     for overrides in expand(config_path, swept):
-        command_line.load_config(config_path, {**global_overrides, **overrides})
+        config = command_line.load_config(config_path, {**global_overrides, **overrides})
         name = run_name(overrides)
         if name in seen:
             raise ValueError(f"two runs of the sweep share the name {name!r}")
@@ -152,7 +153,7 @@ def plan(config_path: str, workdir: str, global_overrides: dict[str, str],
         settings = {**global_overrides, **overrides}
         command = [python, train_script, "--config", config_arg, "--workdir", run_dir]
         command += [f"--config.{k}={v}" for k, v in settings.items()]
-        runs.append(Run(name, overrides, run_dir, command, settings))
+        runs.append(Run(name, overrides, run_dir, command, settings, config=config.to_dict()))
     for run, group in zip(runs, check_runs(python, config_arg, [r.settings for r in runs]),
                           strict=True):
         run.group = group

@@ -56,6 +56,8 @@ from experiments.sweep_console import Console, LogCopy, say
 from training import command_line, exits
 from training.run_dir import (
     acquire_lock,
+    check_identity,
+    checkpoint_dirs,
     read_summary,
     record_failure,
     release_lock,
@@ -147,12 +149,13 @@ class Launcher:
         copy = LogCopy(logs[0], offsets[0], logs[1:]) if len(logs) > 1 else None
         where = f"; pack {pack.index}, {len(members)} runs" if copy else ""
         for i, (run, log_path, offset) in enumerate(zip(members, logs, offsets, strict=True)):
-            checkpoints = os.path.join(run.workdir, "checkpoints")
-            resumed = os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
+            saved = checkpoint_dirs(run.workdir)
+            resumed = bool(saved)
             label = None if not copy else "" if i else \
                 f"pack {pack.index} ({run.name} and {len(members) - 1} more)"
             self.console.started(run.name, log_path, offset, resumed, label)
-            say(f"[start] {run.name} (log: {log_path}{where})")
+            again = f"resuming from step {saved[-1]}; " if saved else ""
+            say(f"[start] {run.name} ({again}log: {log_path}{where})")
         err = ""
         try:
             with open(logs[0], "a") as log:
@@ -164,6 +167,9 @@ class Launcher:
                 self.children.add(proc)
                 _, err = proc.communicate()
                 self.children.discard(proc)
+                if copy:  # the trainer's output first, then its stderr: once in each log
+                    copy.close(err)
+                    copy = None
                 log.write(err)
         finally:
             if copy:
@@ -279,8 +285,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
             raise ValueError(f"--sweep {item!r} must look like key=v1,v2,...")
-        args.swept.append((key, values.split(",")))
+        if key in dict(args.swept):
+            raise ValueError(f"--sweep {key} is given twice; give all its values once: "
+                             f"--sweep {key}=v1,v2,...")
+        args.swept.append((key, split_values(values)))
     return args
+
+
+def split_values(text: str) -> list[str]:
+    """'0.1,0.2' -> ['0.1', '0.2']; commas inside brackets belong to one value:
+    '(4,8,16),(8,16,32)' -> ['(4,8,16)', '(8,16,32)'] (tuple-valued keys)."""
+    values, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "(["
+        depth -= ch in ")]"
+        if ch == "," and depth == 0:
+            values.append(text[start:i])
+            start = i + 1
+    values.append(text[start:])
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             trainer_env(Launcher._devices(), args.workers, 0),
             sys.stderr if args.dry_run else sys.stdout)  # stdout: the dry run's commands
         packs = make_packs(runs, size, python=args.python,
-                                       train_script=os.path.abspath(args.train_script),
-                                       config=absolute_config(args.config))
+                           train_script=os.path.abspath(args.train_script),
+                           config=absolute_config(args.config))
+        for run in runs:  # train.py's own identity check, before anything is written
+            check_identity(run.workdir, run.config, offer_allow=False)
     except ValueError as e:
         return command_line.bad_input(e)
     if args.dry_run:
@@ -321,7 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sweep done: {counts}")
     for name, detail in results.get("failed", []):
         print(f"  failed: {name}: {detail}")
-    if not args.no_report and not launcher.stopping:
+    elsewhere = [name for name, _ in results.get("locked", [])]
+    if elsewhere:
+        print(f"  {len(elsewhere)} run(s) in training by another launcher "
+              f"({', '.join(elsewhere)}): the study is not done; that launcher writes the "
+              "report")
+    if not args.no_report and not launcher.stopping and not elsewhere:
         from experiments import report  # noqa: PLC0415
 
         try:
@@ -329,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report.render_text(written))
         except ValueError as e:
             print(f"report: {e}", file=sys.stderr)
-    bad = results.get("failed") or results.get("interrupted") or launcher.stopping
+    bad = results.get("failed") or results.get("interrupted") or elsewhere or launcher.stopping
     return 1 if bad else 0
 
 

@@ -74,17 +74,25 @@ def failure_verdicts(rows: list[Row]) -> list[str]:
 
 
 def ranking_verdicts(rows: list[Row]) -> list[str]:
-    """Where several nets share a depth (a knob or variant study), rank them by test error."""
+    """Where several nets share a depth (a knob or variant study), rank them.
+
+    On the validation error when every net of the group has one (choosing on
+    the test set would make its error a biased estimate); otherwise on the
+    test error, and the line says so.
+    """
     lines = []
     for depth, plain in sorted({(r.depth, r.plain) for r in rows}):
         group = [r for r in rows if (r.depth, r.plain) == (depth, plain)
                  and r.test_error is not None]
         if len(group) < 2:
             continue
-        group.sort(key=lambda r: r.test_error)
-        ranked = ", ".join(f"{r.label} {r.test_error:.1f}%" for r in group)
-        lines.append(f"Depth {depth} ({'plain' if plain else 'residual'}), by final test error: "
-                     f"{ranked}.")
+        on_val = all(r.val_error is not None for r in group)
+        key = (lambda r: r.val_error) if on_val else (lambda r: r.test_error)
+        group.sort(key=key)
+        ranked = ", ".join(f"{r.label} {key(r):.1f}%" for r in group)
+        what = ("by final validation error" if on_val else
+                "by final test error (no validation split: ranked on the test set)")
+        lines.append(f"Depth {depth} ({'plain' if plain else 'residual'}), {what}: {ranked}.")
     return lines
 
 

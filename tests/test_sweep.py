@@ -324,6 +324,7 @@ def test_a_killed_launcher_leaves_no_orphan_and_a_rerun_resumes_its_run(tmp_path
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[finished] run" in out.stdout
+    assert "[start] run (resuming from step " in out.stdout  # said, not a fresh start
     logged = [m["step"] for m in read_metrics(study / "run")]
     assert logged == list(range(5, steps + 1, 5))  # every logged step once: no second trainer
 

@@ -320,8 +320,16 @@ def test_report_labels_follow_the_architecture_and_rank_nets_of_one_depth(tmp_pa
     assert rows["ResNet-164"].paper_error == 5.93
     assert rows["ResNet-18"].paper_error is None  # not a published net on CIFAR-10
     found = verdicts(list(rows.values()))
-    assert ("Depth 164 (residual), by final test error: pre-act ResNet-164 5.5%, "
-            "ResNet-164 + stoch. depth 5.8%, ResNet-164 6.0%.") in found
+    assert ("Depth 164 (residual), by final test error (no validation split: ranked on the "
+            "test set): pre-act ResNet-164 5.5%, ResNet-164 + stoch. depth 5.8%, "
+            "ResNet-164 6.0%.") in found
+    # With a validation split, the ranking is on it, never on the test set.
+    for label, val in (("ResNet-164", 4.0), ("pre-act ResNet-164", 6.0),
+                       ("ResNet-164 + stoch. depth", 5.0)):
+        rows[label].val_error = val
+    assert ("Depth 164 (residual), by final validation error: ResNet-164 4.0%, "
+            "ResNet-164 + stoch. depth 5.0%, pre-act ResNet-164 6.0%.") in verdicts(
+                list(rows.values()))
     assert "plain-20 fails to learn: final training error 89.0% (chance: 90.0%)." in found
     assert any(v.startswith("At depth 18 the residual net beats the plain net") for v in found)
 

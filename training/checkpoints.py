@@ -14,6 +14,7 @@ newest one that restores and moves the damaged ones aside, into
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from typing import Any
@@ -22,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from training import exits
+from training.run_dir import checkpoint_dirs
 
 DAMAGED_DIR = "damaged_checkpoints"
 
@@ -41,12 +43,15 @@ class Checkpointer:
 
     def __init__(self, workdir: str | os.PathLike, keep: int, *, is_writer: bool = False):
         self.workdir = os.path.abspath(os.fspath(workdir))
-        self.is_writer = is_writer
-        self.manager = ocp.CheckpointManager(
+        self.is_writer, self.keep = is_writer, keep
+        self.manager = self._manager()
+
+    def _manager(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
             os.path.join(self.workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=ocp.checkpoint_managers.LatestN(n=keep), create=True,
-                cleanup_tmp_directories=is_writer),
+                preservation_policy=ocp.checkpoint_managers.LatestN(n=self.keep), create=True,
+                cleanup_tmp_directories=self.is_writer),
         )
 
     def latest_step(self) -> int | None:
@@ -69,14 +74,16 @@ class Checkpointer:
         """Restores the newest checkpoint that restores; ``(None, like)`` when there is none.
 
         Newer checkpoints that fail to restore (any error: TensorStore, JSON,
-        a tree that no longer matches) are moved to ``WORKDIR/damaged_checkpoints/``
-        with one ``warning:`` line each. When none restores, nothing is moved
-        and ``NoCheckpointRestores`` names each step and why.
+        a tree that no longer matches, an empty or foreign step directory) are
+        moved to ``WORKDIR/damaged_checkpoints/`` with one ``warning:`` line
+        each. Each step is read by an Orbax manager of its own: a manager that
+        failed on one step fails on healthy ones too. When none restores,
+        nothing is moved and ``NoCheckpointRestores`` names each step and why.
         """
         failures = []
-        for step in reversed(self.all_steps()):
+        for step in reversed(self._steps_on_disk()):
             try:
-                state = self.restore(step, like)
+                state = self._restore_alone(step, like)
             except Exception as e:  # noqa: BLE001 - whatever the damage, try an older one
                 failures.append((step, exits.first_line(e, 160)))
                 continue
@@ -85,7 +92,7 @@ class Checkpointer:
                 print(f"warning: checkpoint {bad} does not restore ({why}); "
                       f"moved it to {where}, resuming from checkpoint {step}", file=sys.stderr)
             if failures:
-                self.manager.reload()
+                self._reopen()
             return step, state
         if failures:
             steps = "; ".join(f"step {s}: {why}" for s, why in failures)
@@ -93,6 +100,28 @@ class Checkpointer:
                 f"no checkpoint in {self.manager.directory} restores ({steps}); nothing was "
                 "moved or deleted: use another --workdir to start afresh")
         return None, like
+
+    def _steps_on_disk(self) -> list[int]:
+        """Every step directory, oldest first: Orbax's view, and numbered directories it skips."""
+        return sorted(set(self.all_steps()) | set(checkpoint_steps(self.workdir)))
+
+    def _restore_alone(self, step: int, like: Any) -> Any:
+        """``restore(step, like)`` through a fresh, read-only manager (this one stays clean)."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        reader = ocp.CheckpointManager(
+            os.path.join(self.workdir, "checkpoints"),
+            options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+        try:
+            with _quiet_orbax():
+                return reader.restore(step, args=ocp.args.StandardRestore(abstract))
+        finally:
+            reader.close()
+
+    def _reopen(self) -> None:
+        """A new manager over the directory, once damaged checkpoints were moved out of it."""
+        with contextlib.suppress(Exception):
+            self.manager.close()
+        self.manager = self._manager()
 
     def _move_aside(self, step: int) -> str:
         """Moves a damaged checkpoint out of Orbax's sight; returns where to."""
@@ -132,12 +161,23 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
     """Steps of the complete checkpoints in a run directory, oldest first; creates nothing.
 
     Orbax writes into a temporary directory (``STEP.orbax-checkpoint-tmp-...``)
-    and renames it to ``STEP`` when complete, so only all-digit names count.
+    and renames it to ``STEP`` when complete, so only all-digit directory
+    names count (a stray file named like a step does not).
     """
-    path = os.path.join(os.fspath(workdir), "checkpoints")
-    if not os.path.isdir(path):
-        return []
-    return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+    return checkpoint_dirs(os.fspath(workdir))
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax's absl warnings while probing a step (a missing metadata file, ...) stay quiet:
+    what went wrong is said in one line, by the caller."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def restore_subtrees(workdir: str | os.PathLike, step: int, like: dict[str, Any]) -> dict:

@@ -139,9 +139,11 @@ def train(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
         progress.say(f"data: {config.dataset}, {feed.num_train:,} training examples "
                      f"({where}){packed}")
         sched = schedule.derive_schedule(config, feed.num_train)
+        for i in todo:  # every run checked before any is written to
+            _check(configs[i], workdirs[i], allow_config_change, sched.total_steps)
         with contextlib.ExitStack() as opened:
-            members = [_open(configs[i], workdirs[i], opened, allow_config_change)
-                       for i in todo]
+            members = [_open(configs[i], workdirs[i], opened, allow_config_change,
+                             sched.total_steps) for i in todo]
             # Input is validated; a ValueError from here on is a bug, not bad input, and
             # must not be reported as one (exit 2, "error: ...").
             try:
@@ -154,14 +156,23 @@ def train(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
         return summaries
 
 
-def _open(config: ml_collections.ConfigDict, workdir: str, opened: contextlib.ExitStack,
-          allow_config_change: bool) -> Member:
-    """Checks a run's fine-tuning source, then creates (or checks) and locks its directory."""
+def _check(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool,
+           total_steps: int) -> None:
+    """A run's directory may take this config (``run_dir.check_identity``), and its
+    fine-tuning source is usable; one-line ValueError, nothing written."""
+    run_dir.check_identity(workdir, config.to_dict(), allow_config_change=allow_config_change,
+                           total_steps=total_steps)
     if config.finetune.from_run is not None and not checkpoints.checkpoint_steps(workdir):
         finetune.source_step(config)  # a resumed fine-tuning run never reads it again
+
+
+def _open(config: ml_collections.ConfigDict, workdir: str, opened: contextlib.ExitStack,
+          allow_config_change: bool, total_steps: int) -> Member:
+    """Creates (or checks) and locks a run's directory; opens its checkpointer."""
     run = run_dir.RunDir(workdir, is_writer=jax.process_index() == 0)
     opened.callback(run.close)
-    run.prepare(config.to_dict(), allow_config_change=allow_config_change)  # and lock it
+    run.prepare(config.to_dict(), allow_config_change=allow_config_change,
+                total_steps=total_steps)  # and lock it
     ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints, is_writer=run.is_writer)
     opened.callback(ckpt.close_quietly)
     return Member(config, workdir, run, ckpt)

@@ -76,6 +76,10 @@ def finish(config: ml_collections.ConfigDict, feed: Any, state: steps.TrainState
                 {"index": i, "stage": stages[i], "std": float(v)} for i, v in enumerate(stds)]})
     summary = run_dir.summarize(run.metrics.read(), status="finished", name=spec.name,
                                 params=num_params, steps=total_steps)
+    if run.history_lost_before is not None:  # metrics.jsonl was gone when it resumed
+        summary["history"] = (f"partial: metrics.jsonl was missing when the run resumed at "
+                              f"step {run.history_lost_before}; the lines before are lost and "
+                              "wall_time_s and best_test_error cover the rest only")
     with exits.writing("summary", total_steps, last_checkpoint):
         run.write_json("summary.json", summary)
     return summary

@@ -177,30 +177,49 @@ class RunDir:
         self.workdir, self.is_writer = workdir, is_writer
         self.metrics = MetricsLog(workdir, is_writer)
         self._lock_fd: int | None = None
+        # Set by prepare when checkpoints exist but metrics.jsonl does not: the step up
+        # to which the run's history is lost (summary.json says so).
+        self.history_lost_before: int | None = None
 
-    def prepare(self, config: dict, *, allow_config_change: bool = False) -> None:
+    def prepare(self, config: dict, *, allow_config_change: bool = False,
+                total_steps: int | None = None) -> None:
         """Creates the directory, or checks that a resumed run has the same config.
 
-        The writing process then holds an exclusive OS lock on the directory
+        ``check_identity`` first (nothing is written when it refuses). A
+        change allowed by ``allow_config_change`` is appended to
+        ``config_changes.jsonl`` (the step it applies from, what changed and
+        the config before), so the files keep saying what was trained. The
+        writing process then holds an exclusive OS lock on the directory
         (``flock`` on ``.train.lock``) until ``close`` or its death, when the
         kernel releases it: a second trainer on the same run stops at once
         with a ValueError, having written nothing.
         """
+        diffs = check_identity(self.workdir, config, allow_config_change=allow_config_change,
+                               total_steps=total_steps)
         path = os.path.join(self.workdir, "config.json")
-        if os.path.exists(path):
-            diffs = config_differences(read_json(path), config)
-            if diffs and not allow_config_change:
-                raise ValueError(
-                    f"{self.workdir} holds a run with a different config ({'; '.join(diffs)}); "
-                    "use another --workdir, or --allow-config-change to resume anyway"
-                )
         try:
             os.makedirs(self.workdir, exist_ok=True)
             if self.is_writer:
                 self._lock()
+                if diffs:
+                    self._record_change(diffs, read_json(path))
                 write_json_atomic(path, config)
         except OSError as e:
             raise ValueError(f"cannot write the run directory {self.workdir}: {e.strerror}") from e
+        steps = checkpoint_dirs(self.workdir)
+        if steps and not os.path.exists(self.metrics.path) and self.is_writer:
+            self.history_lost_before = steps[-1]
+            print(f"warning: {self.metrics.path} is missing: the metrics of steps up to "
+                  f"{steps[-1]} are lost; the run resumes, and its summary.json will say "
+                  "that its history is partial", file=sys.stderr)
+
+    def _record_change(self, diffs: list[str], previous: dict) -> None:
+        steps = checkpoint_dirs(self.workdir)
+        line = {"from_step": steps[-1] if steps else 0, "changes": diffs, "previous": previous}
+        with open(os.path.join(self.workdir, CONFIG_CHANGES), "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def _lock(self) -> None:
         fd = os.open(os.path.join(self.workdir, self.LOCK), os.O_RDWR | os.O_CREAT, 0o644)
@@ -227,6 +246,72 @@ class RunDir:
     def write_json(self, name: str, obj: Any) -> None:
         if self.is_writer:
             write_json_atomic(os.path.join(self.workdir, name), obj)
+
+
+CONFIG_CHANGES = "config_changes.jsonl"  # settings changed on resume, and from which step
+
+
+def checkpoint_dirs(workdir: str) -> list[int]:
+    """Steps of the numbered directories under ``WORKDIR/checkpoints``, oldest first."""
+    path = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(path):
+        return []
+    return sorted(int(d) for d in os.listdir(path)
+                  if d.isdigit() and os.path.isdir(os.path.join(path, d)))
+
+
+def check_identity(workdir: str, config: dict, *, allow_config_change: bool = False,
+                   total_steps: int | None = None, offer_allow: bool = True) -> list[str]:
+    """Whether ``config`` may train in ``workdir``; returns the differences it accepts.
+
+    The one identity check of a run directory, for ``train.py`` and the sweep
+    launcher alike; a one-line ValueError (nothing written) when the path is
+    not a usable directory, when it holds checkpoints but no ``config.json``
+    (what was trained cannot be told), when its ``config.json`` is unreadable,
+    or when the configs differ, unless ``allow_config_change``: then the
+    change must apply to some step (``total_steps`` beyond the newest
+    checkpoint's), or the files would describe a run never trained.
+    ``offer_allow`` names ``--allow-config-change`` in the refusal (train.py's
+    flag; the sweep launcher has none).
+    """
+    if os.path.islink(workdir) and not os.path.exists(workdir):
+        raise ValueError(f"the run directory {workdir} is a dangling symbolic link "
+                         f"(to {os.readlink(workdir)})")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"the run directory {workdir} is not a directory")
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    if os.path.isdir(metrics):
+        raise ValueError(f"{metrics} is a directory, not a file of metrics lines")
+    path = os.path.join(workdir, "config.json")
+    steps = checkpoint_dirs(workdir)
+    if not os.path.exists(path):
+        if steps:
+            raise ValueError(f"{workdir} has checkpoints (step {steps[-1]}) but no config.json, "
+                             "so what they trained cannot be told; put it back, or use "
+                             "another --workdir")
+        return []
+    try:
+        old = read_json(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path} ({e}); put it right, or use another "
+                         "--workdir") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"{path} is not a config (a JSON object); put it right, or use "
+                         "another --workdir")
+    diffs = config_differences(old, config)
+    if not diffs:
+        return []
+    if not allow_config_change:
+        remedy = ", or --allow-config-change to resume anyway" if offer_allow else \
+            " (or put the config back)"
+        raise ValueError(f"{workdir} holds a run with a different config "
+                         f"({'; '.join(diffs)}); use another --workdir{remedy}")
+    if steps and total_steps is not None and steps[-1] >= total_steps:
+        raise ValueError(
+            f"{workdir} has trained {steps[-1]} steps and this config ends at step "
+            f"{total_steps}: the change ({'; '.join(diffs)}) would apply to no step; use "
+            "another --workdir, or a config that trains on")
+    return diffs
 
 
 def finished_summary(workdir: str, config: dict) -> dict | None:
