@@ -55,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     # 'cifar' (6n+2 basic, 9n+2 bottleneck) | 'imagenet' (18/34/50/101/152) | 'wrn' (6n+4)
+    # | 'resnext' | 'densenet' | 'fractal' | 'vgg' | 'alexnet' | 'nin' | 'googlenet' | 'squeezenet'
     c.model.family = "cifar"
     c.model.depth = 20
     c.model.plain = False
@@ -92,6 +93,22 @@ def get_config() -> ml_collections.ConfigDict:
     # 'full' or an int. Speed only; the parameters stay stacked either way.
     c.model.scan_unroll = "auto"
     c.model.remat_blocks = False
+    # The families beyond the ResNets (models/families.py; None = the paper's value, or off).
+    # A key set for a family it does not apply to is an error. All None by default, so the
+    # configs of runs made before these keys existed read as unchanged.
+    c.model.cardinality = placeholder(int)  # ResNeXt's C (None: 8 CIFAR, 32 ImageNet)
+    c.model.group_width = placeholder(int)  # ResNeXt's d (None: 64 CIFAR, 4 ImageNet)
+    c.model.growth_rate = placeholder(int)  # DenseNet's k (None: 12 CIFAR, 32/48 ImageNet)
+    c.model.compression = placeholder(float)  # DenseNet's theta (None: 0.5 for BC, else 1)
+    c.model.columns = placeholder(int)  # FractalNet's C (None: from depth and widths)
+    c.model.drop_path = placeholder(float)  # FractalNet: local drop probability per join input
+    c.model.global_drop_path = placeholder(float)  # FractalNet: batch fraction with one column
+    c.model.bn = placeholder(bool)  # BatchNorm in VGG/AlexNet/NiN/GoogLeNet/SqueezeNet
+    c.model.layout = placeholder(str)  # 'paper' | 'torchvision' (AlexNet, GoogLeNet)
+    c.model.version = placeholder(str)  # SqueezeNet: '1.0' | '1.1'
+    c.model.aux_heads = placeholder(bool)  # GoogLeNet's auxiliary classifiers (weight 0.3)
+    c.model.fc_width = placeholder(int)  # VGG/AlexNet fully connected width (None: 4096)
+    c.model.width_scale = placeholder(float)  # AlexNet/VGG/NiN/GoogLeNet/SqueezeNet conv widths
 
     c.batch_size = 128  # global batch, split evenly across devices
     c.batch_norm = "per_device"  # 'per_device' (paper's multi-GPU runs) | 'sync' (global batch)
