@@ -284,27 +284,19 @@ def build_model(
     """
     spec = spec_from_config(cfg)
     opts = layer_options_from_config(cfg, bn_axis_name)
-    if isinstance(spec, FamilySpec):
-        def make(keys):
-            return build_new_family(spec, opts, keys,
-                                    lambda key, default=None: _get(cfg, key, default))
-
-        if rngs is not None:
-            return make(rngs)
-        # One compiled program initialises every layer (eagerly, each new kernel shape would
-        # compile its own: 20 s for GoogLeNet on a CPU), from keys without NNX's counters.
-        graphdef, _ = nnx.split(nnx.eval_shape(lambda: make(KeySequence(seed))))
-        return nnx.merge(graphdef, jax.jit(lambda: nnx.state(make(KeySequence(seed))))())
     rngs = nnx.Rngs(seed) if rngs is None else rngs
+    if isinstance(spec, FamilySpec):
+        return build_new_family(spec, opts, rngs,
+                                lambda key, default=None: _get(cfg, key, default))
     return ResNet(spec, opts, rngs=rngs, survival_last=survival_last_from_config(cfg),
                   head_dropout=head_dropout_from_config(cfg))
 
 
 class KeySequence:
-    """Stands in for ``nnx.Rngs`` when building a network inside a trace: the i-th key asked
-    for, of any stream, is ``fold_in(key(seed), i)``, counted in Python. NNX's counters,
-    advanced inside a trace, make each new layer's trace step scan the whole program so far
-    (quadratic in depth: DenseNet-201 took 10 s to build as shapes, 2 s with these)."""
+    """Stands in for ``nnx.Rngs`` when building a network inside a trace (``abstract_model``):
+    the i-th key asked for, of any stream, is ``fold_in(key(seed), i)``, counted in Python.
+    NNX's counters, advanced inside a trace, make each new layer's trace step scan the whole
+    program so far (quadratic in depth: DenseNet-201's shapes took 10 s, 2 s with these)."""
 
     def __init__(self, seed: int = 0):
         self.seed, self.count = seed, 0
