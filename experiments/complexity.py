@@ -85,21 +85,26 @@ def imagenet_points() -> list[dict]:
 
 def _panel(ax, points: list[dict], title: str, ylabel: str) -> None:
     biggest = max((p["params"] for p in points), default=1)
-    for p in points:
-        area = 40 + 1500 * p["params"] / biggest
-        ax.scatter(p["macs"] / 1e9, p["accuracy"], s=area, alpha=0.45,
+    scale, unit = (1e9, "G") if max((p["macs"] for p in points), default=0) > 1e8 else (1e6, "M")
+    ordered = sorted(points, key=lambda p: (p["macs"], p["accuracy"]))
+    for i, p in enumerate(ordered):
+        x = p["macs"] / scale
+        ax.scatter(x, p["accuracy"], s=40 + 1500 * p["params"] / biggest, alpha=0.45,
                    color=PATTERN_COLOURS.get(p["pattern"], "tab:red"), edgecolors="black",
                    linewidths=0.6)
-        ax.annotate(f"{p['label']}\n{p['params'] / 1e6:.2f}M", (p["macs"] / 1e9, p["accuracy"]),
-                    fontsize=6.5, ha="center", va="center")
+        # Labels beside the markers, alternately above and below, so neighbours stay legible.
+        ax.annotate(f"{p['label']} ({p['params'] / 1e6:.2f}M)", (x, p["accuracy"]),
+                    xytext=(8, 9 if i % 2 else -11), textcoords="offset points", fontsize=6.5,
+                    ha="left", va="center")
     for pattern, colour in PATTERN_COLOURS.items():
         if any(p["pattern"] == pattern for p in points):
             ax.scatter([], [], color=colour, alpha=0.45, label=pattern, s=60)
     ax.set_xscale("log")
-    ax.set_xlabel("multiply-adds per image (G, log scale)")
+    ax.set_xlabel(f"multiply-adds per image ({unit}, log scale)")
     ax.set_ylabel(ylabel)
-    ax.set_title(title + "\n(marker area: parameters)", fontsize=10)
+    ax.set_title(title + "\n(marker area: parameters; label: parameters)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
+    ax.margins(x=0.25)
     ax.legend(fontsize=7, loc="lower right")
 
 
