@@ -108,28 +108,25 @@ def test_pattern_verdicts_say_which_families_degrade_with_depth(zoo_study):
     assert pattern_verdicts([r for r in rows if r.pattern in ("plain", "residual")]) == []
 
 
-def test_the_report_of_a_connectivity_study_draws_a_panel_per_pattern_and_the_cost(
-        zoo_study, monkeypatch):
-    for name in ("p56", "r56", "d22", "f24"):  # a smaller study: the report's figures are slow
-        for f in (zoo_study / name).iterdir():
-            f.unlink()
-        (zoo_study / name).rmdir()
-    # The ImageNet panel's counts (23 nets at 224x224) are tested in tests/test_zoo.py.
-    monkeypatch.setattr(complexity, "imagenet_points", lambda: [
-        {"label": "VGG-16", "pattern": "plain", "params": 138_357_544, "macs": 15_470_264_320,
-         "accuracy": 71.592}])
-    written = report.write_report(zoo_study)
-    assert {"complexity_png", "complexity_svg"} <= set(written)
-    assert not pattern_verdicts(build_rows(load_runs(zoo_study)))  # one depth each: none
-    text = (zoo_study / "results.md").read_text()
-    assert "## Cost" in text and "DenseNet-BC-58 (k=12): 314,038 params" in text
-    rows = build_rows(load_runs(zoo_study))
+def test_the_complexity_chart_counts_each_net_at_the_studys_input(zoo_study, tmp_path):
+    """The report of a study of patterns draws it (``report._zoo_study``); the digits study's
+    report, committed under docs/, is the integration run (its figures take seconds each)."""
     from experiments.figures import PATTERNS, _panel
 
+    rows = build_rows(load_runs(zoo_study))
+    assert report._zoo_study(rows)
+    assert not report._zoo_study([r for r in rows if r.pattern in ("plain", "residual")])
     assert [p for p in PATTERNS if any(_panel(r) == p for r in rows)] == [
-        "plain", "residual", "dense", "fractal"]  # curves.png: one panel each
-    points = {p["label"]: p for p in complexity.study_points(rows)}
-    # Counted at the study's input, 8x8x1 (README: 269,434 for the digits ResNet-20).
-    assert points["ResNet-20"]["params"] == 269_434
-    assert points["ResNet-20"]["macs"] < 41e6 / 10  # 41M multiply-adds at 32x32x3
+        "plain", "residual", "dense", "fractal"]  # curves.png: one panel per pattern
+    chosen = [r for r in rows if r.label in ("DenseNet-BC-58 (k=12)", "FractalNet-48 (C=5)")]
+    points = {p["label"]: p for p in complexity.study_points(chosen)}
+    # Counted at the study's input, 8x8x1.
+    assert points["FractalNet-48 (C=5)"]["params"] == 1_381_498
+    assert points["FractalNet-48 (C=5)"]["macs"] == 12_285_568
+    assert points["DenseNet-BC-58 (k=12)"]["params"] == 314_038
     assert points["FractalNet-48 (C=5)"]["accuracy"] == pytest.approx(80.0)
+    vgg = {"label": "VGG-16", "pattern": "plain", "params": 138_357_544,
+           "macs": 15_470_264_320, "accuracy": 71.592}
+    files = complexity.plot_complexity(list(points.values()), [vgg], str(tmp_path / "c"),
+                                       "digits")
+    assert [f.rsplit(".", 1)[1] for f in files] == ["png", "svg"]
