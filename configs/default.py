@@ -98,6 +98,7 @@ def _model() -> ml_collections.ConfigDict:
     """``model``: the network (``models.build_model`` reads this section)."""
     s = ml_collections.ConfigDict()
     # 'cifar' (6n+2 basic, 9n+2 bottleneck) | 'imagenet' (18/34/50/101/152) | 'wrn' (6n+4)
+    # | 'resnext' | 'densenet' | 'fractal' | 'vgg' | 'alexnet' | 'nin' | 'googlenet' | 'squeezenet'
     s.family = "cifar"
     s.depth = 20
     s.plain = False
@@ -135,6 +136,22 @@ def _model() -> ml_collections.ConfigDict:
     # 'full' or an int. Speed only; the parameters stay stacked either way.
     s.scan_unroll = "auto"
     s.remat_blocks = False
+    # The families beyond the ResNets (models/families.py; None = the paper's value, or off).
+    # A key set for a family it does not apply to is an error. All None by default, so the
+    # configs of runs made before these keys existed read as unchanged.
+    s.cardinality = placeholder(int)  # ResNeXt's C (None: 8 CIFAR, 32 ImageNet)
+    s.group_width = placeholder(int)  # ResNeXt's d (None: 64 CIFAR, 4 ImageNet)
+    s.growth_rate = placeholder(int)  # DenseNet's k (None: 12 CIFAR, 32/48 ImageNet)
+    s.compression = placeholder(float)  # DenseNet's theta (None: 0.5 for BC, else 1)
+    s.columns = placeholder(int)  # FractalNet's C (None: from depth and widths)
+    s.drop_path = placeholder(float)  # FractalNet: local drop probability per join input
+    s.global_drop_path = placeholder(float)  # FractalNet: batch fraction with one column
+    s.bn = placeholder(bool)  # BatchNorm in VGG/AlexNet/NiN/GoogLeNet/SqueezeNet
+    s.layout = placeholder(str)  # 'paper' | 'torchvision' (AlexNet, GoogLeNet)
+    s.version = placeholder(str)  # SqueezeNet: '1.0' | '1.1'
+    s.aux_heads = placeholder(bool)  # GoogLeNet's auxiliary classifiers (weight 0.3)
+    s.fc_width = placeholder(int)  # VGG/AlexNet fully connected width (None: 4096)
+    s.width_scale = placeholder(float)  # AlexNet/VGG/NiN/GoogLeNet/SqueezeNet conv widths
     return s
 
 

@@ -42,6 +42,17 @@ def _pyplot():
     return plt
 
 
+# The panels of the error curves, in this order: one per connectivity pattern present.
+PATTERNS = ("plain", "residual", "dense", "fractal", "inception")
+
+
+def _panel(row: Row) -> str:
+    """The pattern a row is drawn with; rows without one (older code) by their plain flag."""
+    if row.pattern in PATTERNS:
+        return row.pattern
+    return "plain" if row.plain else "residual"
+
+
 def _colours(rows: list[Row]) -> dict[int, str]:
     palette = _pyplot().get_cmap("tab10").colors
     nets = sorted({_colour_key(r) for r in rows})
@@ -70,7 +81,8 @@ def _legend_outside(ax, *, below: bool, ncol: int = 1, fontsize: int = 8) -> Non
 
 
 def plot_curves(rows: list[Row], out_base: str) -> tuple[list[str], dict[str, dict]]:
-    """The paper's Fig. 1/4/6 layout: plain nets left, residual nets right.
+    """The paper's Fig. 1/4/6 layout: plain nets left, residual nets right (and, in a study of
+    connectivity patterns, one panel per pattern: dense, fractal, inception).
 
     A network all of whose seeds finished is labelled by name; otherwise the
     label adds its status and a cross marks where its training curve ends. A
@@ -81,14 +93,18 @@ def plot_curves(rows: list[Row], out_base: str) -> tuple[list[str], dict[str, di
     """
     plt = _pyplot()
     colours = _colours(rows)
-    kinds = [p for p in (True, False) if any(r.plain == p for r in rows)] or [False]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 5.5), sharey=True,
+    kinds = [p for p in PATTERNS if any(_panel(r) == p for r in rows)] or ["residual"]
+    lines = 1 if len(kinds) <= 2 else 2
+    cols = -(-len(kinds) // lines)
+    fig, axes = plt.subplots(lines, cols, figsize=(6 * cols, 5.5 * lines), sharey=True,
                              squeeze=False, layout="constrained")
-    axes = axes[0]
+    for ax in axes.flat[len(kinds):]:
+        ax.set_visible(False)
+    axes = list(axes.flat)[:len(kinds)]
     top = 0.0
     plotted = {}
-    for ax, plain in zip(axes, kinds, strict=True):
-        for row in (r for r in rows if r.plain == plain):
+    for ax, kind in zip(axes, kinds, strict=True):
+        for row in (r for r in rows if _panel(r) == kind):
             c = colours[_colour_key(row)]
             steps, train = _curve(row.shown_runs, "train_error")
             steps_t, test = _curve(row.shown_runs, "test_error")
@@ -108,11 +124,12 @@ def plot_curves(rows: list[Row], out_base: str) -> tuple[list[str], dict[str, di
                                   "test": test, "test_drawn": drawn, "label": label,
                                   "failure_marker": marker}
             top = max([top, *train, *test])
-        ax.set_title(f"{'plain' if plain else 'residual'} networks")
+        ax.set_title(f"{kind} networks")
         ax.set_xlabel("iterations")
         ax.grid(alpha=0.3)
         _legend_outside(ax, below=True, ncol=2)
-    axes[0].set_ylabel("error (%)")
+    for ax in axes[::cols]:
+        ax.set_ylabel("error (%)")
     axes[0].set_ylim(0, min(100.0, max(5.0, top * 1.1)))
     dataset = rows[0].dataset if rows else ""
     title = f"{dataset}: training error (dashed) and test error (bold)"

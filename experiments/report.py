@@ -12,6 +12,10 @@ diagnostics, one panel per network: ``train_loss.png/.svg`` (every step's
 training loss, its mean and spread per log interval: the gradient noise of
 the batch size) and ``fit_gap.png/.svg`` (training vs validation error, or
 test error without a validation split, the gap shaded: over/under-fitting).
+A study of connectivity patterns (dense, fractal, ... nets beside plain and
+residual ones) also gets ``complexity.png/.svg``: accuracy against multiply-adds,
+parameters as marker area, for its nets and for the ImageNet zoo
+(``experiments.complexity``), and a Cost section in ``results.md``.
 
 With several seeds the best test error is the mean of each seed's best (the
 header says so) and the lowest of them has a column of its own; with one
@@ -28,6 +32,7 @@ import functools
 import os
 import sys
 
+from experiments import complexity
 from experiments.figures import (
     MIN_EVALUATIONS,
     evaluations,
@@ -122,7 +127,12 @@ def csv_rows(rows: list[Row]) -> list[list[str]]:
 
 # Every file the report writes, in the order of its "wrote" lines.
 FILE_KEYS = ("markdown", "csv", "figure_png", "figure_svg", "responses_png", "responses_svg",
-             "loss_png", "loss_svg", "gap_png", "gap_svg")
+             "loss_png", "loss_svg", "gap_png", "gap_svg", "complexity_png", "complexity_svg")
+
+
+def _zoo_study(rows: list[Row]) -> bool:
+    """A study of connectivity patterns beyond plain and residual (``configs/connectivity.py``)."""
+    return any(r.pattern not in ("", "plain", "residual") for r in rows)
 
 
 def write_report(study_dir: str | os.PathLike) -> dict:
@@ -146,6 +156,12 @@ def write_report(study_dir: str | os.PathLike) -> dict:
     (written["loss_png"], written["loss_svg"]), _ = plot_step_losses(rows, base("train_loss"))
     if not short:
         (written["gap_png"], written["gap_svg"]), _ = plot_fit_gap(rows, base("fit_gap"))
+    cost = []
+    if _zoo_study(rows):  # the cost side: accuracy against multiply-adds and parameters
+        points = complexity.study_points(rows)
+        (written["complexity_png"], written["complexity_svg"]) = complexity.plot_complexity(
+            points, complexity.imagenet_points(), base("complexity"), rows[0].dataset)
+        cost = complexity.describe(points)
     csv_path = base("results.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -164,6 +180,11 @@ def write_report(study_dir: str | os.PathLike) -> dict:
     if "gap_png" in written:
         parts += ["Training vs held-out error, the gap shaded (over- and under-fitting):", "",
                   "![training vs held-out error](fit_gap.png)", ""]
+    if cost:
+        parts += ["## Cost", "", "Parameters and multiply-adds per image (counted from each "
+                  "network at the study's input size) and final test accuracy:", ""]
+        parts += [f"- {line}" for line in cost]
+        parts += ["", "![accuracy against multiply-adds](complexity.png)", ""]
     with open(md_path, "w") as f:
         f.write("\n".join(parts))
     written["markdown"], written["csv"] = md_path, csv_path

@@ -24,9 +24,16 @@ from training.exits import first_line
 from training.run_dir import MetricsLog, flatten, read_json
 
 IGNORED_KEYS = ("seed",)
+# The architecture of the zoo's families beyond the ResNets (rows of one family share it).
+ZOO_ARCH = {"resnext": "ResNeXt", "densenet": "DenseNet", "fractal": "FractalNet",
+            "vgg": "VGG", "alexnet": "AlexNet", "nin": "NiN", "googlenet": "GoogLeNet",
+            "squeezenet": "SqueezeNet"}
 # Keys that the row label already names (the architecture), never listed as a variant.
 ARCH_KEYS = ("model.depth", "model.plain", "model.family", "model.preact", "model.width_factor",
-             "model.stochastic_depth", "model.block", "model.stem")
+             "model.stochastic_depth", "model.block", "model.stem",
+             # the zoo's labels name these too (k, CxDd, C, version, layout, BN)
+             "model.growth_rate", "model.cardinality", "model.group_width", "model.columns",
+             "model.version", "model.layout", "model.bn")
 
 
 @dataclass
@@ -65,6 +72,9 @@ class Row:
     paper_error: float | None = None
     status: str = ""
     arch: str = ""  # the architecture besides depth and shortcuts ('' = the paper's nets)
+    # How the signal goes from shallow to deep: plain, residual, dense, fractal, inception.
+    pattern: str = ""
+    name: str = ""  # the network's name (``spec.name``)
 
     @property
     def shown_runs(self) -> list[Run]:
@@ -169,6 +179,10 @@ def network_label(model: dict) -> tuple[str, str]:
     arch = "pre-act" if spec.preact else ""
     if spec.family == "wrn":
         arch = f"WRN-k{spec.width_factor}"
+    elif spec.family in ZOO_ARCH:
+        arch = ZOO_ARCH[spec.family]
+    if model.get("drop_path") or model.get("global_drop_path"):
+        label += " + drop-path"
     if model.get("stochastic_depth"):
         arch = f"{arch} + stoch. depth".strip(" +")
         label += " + stoch. depth"
@@ -225,7 +239,12 @@ def build_rows(runs: list[Run]) -> list[Row]:
         model_keys = {k.removeprefix("model."): v
                       for k, v in flatten(members[0].config).items()
                       if k.startswith("model.")}
-        row.paper_error = paper.published_test_error(dataset, model_keys)
+        spec = models.spec_from_config(members[0].config["model"])
+        row.pattern, row.name = spec.connectivity, spec.name
+        if isinstance(spec, models.FamilySpec) or spec.family == "resnext":
+            row.paper_error = paper.zoo_test_error(dataset, spec.name, model_keys)
+        else:
+            row.paper_error = paper.published_test_error(dataset, model_keys)
         row.status = _status_text(members)
         rows.append(row)
     rows.sort(key=lambda r: (r.variant, r.arch, not r.plain, r.depth))

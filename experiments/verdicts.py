@@ -11,6 +11,10 @@ from experiments.study import Row
 
 # Two training errors closer than this (in percentage points) count as equal.
 TOLERANCE_PP = 0.5
+# How the per-pattern lines name the nets that are not plain (rows of the ResNet studies
+# have no pattern: residual).
+PATTERN_NOUNS = {"plain": "Plain nets", "residual": "Residual nets", "dense": "Dense nets",
+                 "fractal": "Fractal nets", "inception": "Inception nets"}
 
 
 def verdicts(rows: list[Row]) -> list[str]:
@@ -35,11 +39,14 @@ def verdicts(rows: list[Row]) -> list[str]:
                 lines.append(f"No degradation: {b.label} trains as well as {a.label} "
                              f"({eb:.1f}% vs {ea:.1f}%).{suffix}")
         for a, b in zip(res, res[1:], strict=False):
+            if b.pattern not in ("", "plain", "residual"):
+                continue  # dense, fractal, ...: pattern_verdicts says it, once per family
             ea, eb = _effective(a), _effective(b)
             if ea is None or eb is None:
                 continue
             verdict = "no worse than" if eb <= ea + TOLERANCE_PP else "worse than"
-            lines.append(f"Residual nets: {b.label} trains {verdict} {a.label} "
+            lines.append(f"{PATTERN_NOUNS.get(b.pattern, 'Residual nets')}: {b.label} trains "
+                         f"{verdict} {a.label} "
                          f"({eb:.1f}% vs {ea:.1f}% training error).{suffix}")
         for p in plain:
             r = next((x for x in res if x.depth == p.depth), None)
@@ -56,7 +63,7 @@ def verdicts(rows: list[Row]) -> list[str]:
                     if r.test_error is not None and p.test_error is not None else "")
             lines.append(f"At depth {p.depth} the residual net {word} the plain net: "
                          f"train {er:.1f}% vs {ep:.1f}%{test}.{suffix}")
-    return lines + failure_verdicts(rows) + ranking_verdicts(rows)
+    return lines + failure_verdicts(rows) + ranking_verdicts(rows) + pattern_verdicts(rows)
 
 
 def failure_verdicts(rows: list[Row]) -> list[str]:
@@ -103,3 +110,35 @@ def _effective(row: Row | None) -> float | None:
     if row.train_error is None and ("diverged" in row.status or "failed" in row.status):
         return 100.0
     return row.train_error
+
+
+def pattern_verdicts(rows: list[Row]) -> list[str]:
+    """Which connectivity patterns degrade with depth, from the shallowest and deepest net of
+    each family (pattern and architecture); only for studies with patterns beyond plain and
+    residual (``configs/connectivity.py``)."""
+    if not any(r.pattern not in ("", "plain", "residual") for r in rows):
+        return []
+    families: dict[tuple, list[Row]] = {}
+    for r in rows:
+        if _effective(r) is not None:
+            name = r.arch or PATTERN_NOUNS.get(r.pattern, r.pattern)
+        families.setdefault((r.variant, r.pattern, name), []).append(r)
+    lines, worse, fine = [], [], []
+    for (variant, _, name), group in families.items():
+        depths = sorted({r.depth for r in group})
+        if len(depths) < 2:
+            continue
+        shallow = min((r for r in group if r.depth == depths[0]), key=_effective)
+        deep = min((r for r in group if r.depth == depths[-1]), key=_effective)
+        es, ed = _effective(shallow), _effective(deep)
+        family = name + (f" [{variant}]" if variant else "")
+        degrades = ed > es + TOLERANCE_PP
+        (worse if degrades else fine).append(family if family[:1].isupper() and " nets" not in
+                                             family else family.lower())
+        lines.append(f"{family}: {deep.label} ends at {ed:.1f}% training error against "
+                     f"{es:.1f}% for {shallow.label}: "
+                     f"{'degrades' if degrades else 'no degradation'} with depth.")
+    if worse or fine:
+        lines.append(f"Degrade with depth: {', '.join(worse) or 'none'}. "
+                     f"Do not: {', '.join(fine) or 'none'}.")
+    return lines

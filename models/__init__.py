@@ -37,6 +37,25 @@ takes the ``config.model`` section:
                      stage as straight-line code (same stacked parameters); 'auto': see
                      models.resnet.resolve_scan_unroll
     remat_blocks     bool, recompute each block's activations in the backward pass
+                     (DenseNet: each dense layer's)
+
+The families beyond the ResNets (``models.families``; each module's docstring has the
+paper): 'resnext' (CIFAR 9n+2, ImageNet 50/101/152), 'densenet' (CIFAR 3n+4 / BC 6n+4,
+ImageNet 121/169/201/264/161), 'fractal' (B * 2^(C-1)), 'vgg' (11/13/16/19), 'alexnet' (8),
+'nin' (9, CIFAR), 'googlenet' (22), 'squeezenet' (18). Their keys:
+
+    cardinality, group_width  ResNeXt's C and d (None: 8x64d for CIFAR, 32x4d for ImageNet)
+    growth_rate      DenseNet's k (None: 12 CIFAR, 32 ImageNet, 48 for DenseNet-161)
+    compression      DenseNet's theta (None: 0.5 with bottlenecks, block='bottleneck', else 1)
+    columns          FractalNet's C (None: from the depth and the number of widths)
+    drop_path, global_drop_path  FractalNet's local drop probability and global fraction
+    bn               BatchNorm in AlexNet, VGG, NiN, GoogLeNet, SqueezeNet (None: published)
+    layout           'paper' | 'torchvision' (AlexNet, GoogLeNet)
+    version          SqueezeNet's '1.0' | '1.1'
+    aux_heads        GoogLeNet's auxiliary classifiers (weight 0.3 in training)
+    fc_width         VGG's and AlexNet's fully connected width (None: 4096)
+
+A key set for a family it does not apply to is a one-line error.
 """
 
 from __future__ import annotations
@@ -44,11 +63,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from models.activations import ACTIVATIONS, RECTIFIERS
+from models.families import NEW_FAMILIES, build_new_family, new_family_spec
+from models.families import check_regularisers as check_family_regularisers
 from models.layers import INIT_MODES, INITS, LayerOptions
+from models.network import FamilySpec
 from models.resnet import ResNet
 from models.shortcuts import SHORTCUT_OPTIONS
 from models.specs import (
@@ -61,7 +84,7 @@ from models.specs import (
     wrn_spec,
 )
 
-FAMILIES = ("cifar", "imagenet", "wrn")
+FAMILIES = ("cifar", "imagenet", "wrn", *NEW_FAMILIES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # He et al. (2016)'s CIFAR bottleneck nets (ResNet-164, ResNet-1001): bottleneck by default.
 CIFAR_BOTTLENECK_DEPTHS = (164, 1001)
@@ -69,15 +92,18 @@ CIFAR_BOTTLENECK_DEPTHS = (164, 1001)
 __all__ = [
     "ACTIVATIONS",
     "FAMILIES",
+    "FamilySpec",
     "IMAGENET_STAGES",
     "RECTIFIERS",
     "SHORTCUT_OPTIONS",
     "NetworkSpec",
     "ResNet",
+    "abstract_model",
     "build_model",
     "default_shortcut",
     "layer_options_from_config",
     "spec_from_config",
+    "training_logits",
     "validate_config",
 ]
 
@@ -113,7 +139,7 @@ def _cifar_block(cfg: Mapping[str, Any] | Any, depth: Any) -> str:
     return _choice(block, BLOCKS, "block")
 
 
-def spec_from_config(cfg: Mapping[str, Any] | Any) -> NetworkSpec:
+def spec_from_config(cfg: Mapping[str, Any] | Any) -> NetworkSpec | FamilySpec:
     """Validates ``config.model`` and returns the network's architecture spec."""
     family = _get(cfg, "family", "cifar")
     if family not in FAMILIES:
@@ -128,6 +154,11 @@ def spec_from_config(cfg: Mapping[str, Any] | Any) -> NetworkSpec:
             f"model.shortcut={shortcut!r} given for a plain net, which has no shortcuts; "
             "leave it unset (None) or set model.plain=False"
         )
+    if family in NEW_FAMILIES:
+        spec = new_family_spec(family, depth, cfg, lambda key, default=None: _get(cfg, key,
+                                                                                 default))
+        spec.validate()
+        return spec
     block = _cifar_block(cfg, depth) if family == "cifar" else _get(cfg, "block")
     if family == "imagenet" and block is not None and block != IMAGENET_STAGES.get(depth,
                                                                                    (block,))[0]:
@@ -223,16 +254,28 @@ def head_dropout_from_config(cfg: Mapping[str, Any] | Any) -> float:
     return float(_get(cfg, "head_dropout", 0.0))
 
 
+def training_logits(model: nnx.Module, x: jax.Array, rng: jax.Array | None
+                    ) -> list[tuple[float, jax.Array]]:
+    """(loss weight, logits) of every classifier a training step trains: the network's own
+    first, then its auxiliary heads if it has any (GoogLeNet's, weight 0.3 each)."""
+    fn = getattr(model, "training_logits", None)
+    return fn(x, rng) if fn is not None else [(1.0, model(x, rng=rng))]
+
+
 def validate_config(cfg: Mapping[str, Any] | Any) -> None:
     """Every check ``build_model`` makes, without building anything (one-line ValueError)."""
-    check_regularisers(spec_from_config(cfg), survival_last_from_config(cfg),
-                       head_dropout_from_config(cfg))
+    spec = spec_from_config(cfg)
+    if isinstance(spec, FamilySpec):
+        check_family_regularisers(spec, lambda key, default=None: _get(cfg, key, default))
+    else:
+        check_regularisers(spec, survival_last_from_config(cfg), head_dropout_from_config(cfg))
     layer_options_from_config(cfg)
 
 
 def build_model(
-    cfg: Mapping[str, Any] | Any, *, seed: int = 0, bn_axis_name: str | None = None
-) -> ResNet:
+    cfg: Mapping[str, Any] | Any, *, seed: int = 0, bn_axis_name: str | None = None,
+    rngs: nnx.Rngs | None = None,
+) -> nnx.Module:
     """Builds the network described by ``config.model``; bad values raise a one-line ValueError.
 
     ``bn_axis_name`` is the mesh axis over which BatchNorm averages its
@@ -241,5 +284,35 @@ def build_model(
     """
     spec = spec_from_config(cfg)
     opts = layer_options_from_config(cfg, bn_axis_name)
-    return ResNet(spec, opts, rngs=nnx.Rngs(seed), survival_last=survival_last_from_config(cfg),
+    rngs = nnx.Rngs(seed) if rngs is None else rngs
+    if isinstance(spec, FamilySpec):
+        return build_new_family(spec, opts, rngs,
+                                lambda key, default=None: _get(cfg, key, default))
+    return ResNet(spec, opts, rngs=rngs, survival_last=survival_last_from_config(cfg),
                   head_dropout=head_dropout_from_config(cfg))
+
+
+class KeySequence:
+    """Stands in for ``nnx.Rngs`` when building a network inside a trace (``abstract_model``):
+    the i-th key asked for, of any stream, is ``fold_in(key(seed), i)``, counted in Python.
+    NNX's counters, advanced inside a trace, make each new layer's trace step scan the whole
+    program so far (quadratic in depth: DenseNet-201's shapes took 10 s, 2 s with these)."""
+
+    def __init__(self, seed: int = 0):
+        self.seed, self.count = seed, 0
+
+    def __call__(self) -> jax.Array:
+        self.count += 1
+        return jax.random.fold_in(jax.random.key(self.seed), self.count - 1)
+
+    def __getattr__(self, stream: str) -> KeySequence:
+        if stream.startswith("__"):
+            raise AttributeError(stream)
+        return self
+
+
+def abstract_model(cfg: Mapping[str, Any] | Any) -> nnx.Module:
+    """The network of ``config.model`` with shapes and no values (``nnx.eval_shape``): the
+    parameter count and the traced multiply-adds of VGG's 138M parameters at no cost."""
+    scanned = bool(_get(cfg, "scan_blocks", False))  # nnx.split_rngs needs real Rngs
+    return nnx.eval_shape(lambda: build_model(cfg, rngs=None if scanned else KeySequence()))

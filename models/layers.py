@@ -87,9 +87,12 @@ def fold(rng: jax.Array | None, i: int) -> jax.Array | None:
 
 
 def make_conv(in_features: int, out_features: int, kernel_size: int, stride: int,
-              opts: LayerOptions, rngs: nnx.Rngs, *, zero: bool = False) -> nnx.Conv:
-    """A bias-free 'same'-padded convolution (BatchNorm, before or after it, has the bias)."""
-    pad = (kernel_size - 1) // 2
+              opts: LayerOptions, rngs: nnx.Rngs, *, zero: bool = False, bias: bool = False,
+              groups: int = 1, padding: int | None = None) -> nnx.Conv:
+    """A 'same'-padded convolution, bias-free by default (BatchNorm, before or after it, has
+    the bias). ``bias`` adds one (nets without BatchNorm), ``groups`` splits the channels into
+    that many groups (ResNeXt, AlexNet's two GPUs), ``padding`` overrides the 'same' padding."""
+    pad = (kernel_size - 1) // 2 if padding is None else padding
     conv_fn = canonical_vjp_conv if opts.canonical_conv_vjp else jax.lax.conv_general_dilated
     return nnx.Conv(
         in_features,
@@ -97,8 +100,10 @@ def make_conv(in_features: int, out_features: int, kernel_size: int, stride: int
         (kernel_size, kernel_size),
         strides=stride,
         padding=((pad, pad), (pad, pad)),
-        use_bias=False,
+        feature_group_count=groups,
+        use_bias=bias,
         kernel_init=nnx.initializers.zeros if zero else opts.kernel_init(),
+        bias_init=nnx.initializers.zeros,
         conv_general_dilated=conv_fn,
         dtype=opts.dtype,
         param_dtype=opts.param_dtype,

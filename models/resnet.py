@@ -15,6 +15,8 @@ built from a depth by ``cifar_spec``, ``imagenet_spec`` and ``wrn_spec``.
   stem (3x3/1, no max-pool) so these nets run on 32x32 images.
 - Wide ResNets (Zagoruyko & Komodakis 2016): WRN-d-k, depth 6n+4,
   pre-activation basic blocks with 16k/32k/64k filters.
+- ResNeXt (Xie et al. 2017): these layouts with grouped bottleneck blocks
+  (``models.resnext``).
 
 ``preact=True`` gives the pre-activation ordering of He et al. (2016): blocks
 are BN-ReLU-conv, the CIFAR stem is a bare conv, and the net ends with
@@ -32,6 +34,7 @@ from flax import nnx
 
 from models.blocks import BasicBlock, BottleneckBlock, PreActBasicBlock, PreActBottleneckBlock
 from models.layers import BNAct, LayerOptions, fold, make_bn, make_conv
+from models.resnext import make_resnext_block
 from models.specs import NetworkSpec, check_regularisers
 
 
@@ -69,6 +72,9 @@ def make_block(
     rngs: nnx.Rngs, *, stochastic_depth: bool = False, preact_input: bool = True,
 ) -> nnx.Module:
     """One block of the network's type; plain nets get the same layers without shortcut."""
+    if spec.family == "resnext":
+        return make_resnext_block(spec, in_features, width, stride, opts, rngs,
+                                  stochastic_depth=stochastic_depth)
     kw = dict(residual=not spec.plain, shortcut=spec.shortcut, opts=opts, rngs=rngs,
               stochastic_depth=stochastic_depth)
     if spec.preact:

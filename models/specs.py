@@ -44,6 +44,15 @@ class NetworkSpec:
     bottleneck_stride: str = "first"
     preact: bool = False
     width_factor: int = 1  # Wide ResNets' k (name only; widths already include it)
+    # ResNeXt (family 'resnext'): groups of the 3x3 conv and their width in the first stage
+    # (C and d of "CxDd"); the inner width doubles with the stage as the widths do.
+    cardinality: int = 1
+    group_width: int = 0
+
+    @property
+    def connectivity(self) -> str:
+        """'plain' (no shortcuts) or 'residual'."""
+        return "plain" if self.plain else "residual"
 
     @property
     def name(self) -> str:
@@ -52,6 +61,8 @@ class NetworkSpec:
         ``plain-20``, ``resnet-56``, ``preact-164``, ``plain-preact-110``, ``wrn-28-10``.
         """
         plain = "plain-" if self.plain else ""
+        if self.family == "resnext":
+            return f"{plain}resnext-{self.depth}-{self.cardinality}x{self.group_width}d"
         if self.family == "wrn":
             return f"{plain}wrn-{self.depth}-{self.width_factor}"
         if self.preact:
@@ -61,7 +72,11 @@ class NetworkSpec:
     @property
     def label(self) -> str:
         """The network's display label (figures, tables): ``ResNet-56``, ``plain-20``,
-        ``pre-act ResNet-164``, ``pre-act plain-110``, ``WRN-28-10``, ``plain WRN-16-2``."""
+        ``pre-act ResNet-164``, ``pre-act plain-110``, ``WRN-28-10``, ``plain WRN-16-2``,
+        ``ResNeXt-29 (8x64d)``."""
+        if self.family == "resnext":
+            return (f"{'plain ' if self.plain else ''}ResNeXt-{self.depth} "
+                    f"({self.cardinality}x{self.group_width}d)")
         if self.family == "wrn":
             return f"{'plain ' if self.plain else ''}WRN-{self.depth}-{self.width_factor}"
         kind = f"plain-{self.depth}" if self.plain else f"ResNet-{self.depth}"

@@ -27,6 +27,7 @@ from flax import nnx
 
 from models.activations import Activation
 from models.batch_norm import BatchNorm
+from models.layers import BNAct
 from models.resnet import ResNet
 from models.shortcuts import IdentityShortcut
 
@@ -113,7 +114,13 @@ def summarize(model: ResNet, image_size: int) -> list[StageRow]:
         x = add(f"stage{i + 1} ({stage.num_blocks} blocks)", stage, lambda m, y: m(y)[0], x)
 
     head_params = count_params(model.head) + (count_params(model.final) if model.final else 0)
-    name = "bn-act + pool + fc" if model.final is not None else "pool + fc"
+    name = "pool + fc"
+    if isinstance(model.final, BNAct):
+        name = "bn-act + pool + fc"
+    elif model.final is not None:
+        name = "classifier"  # VGG's and AlexNet's fully connected layers
+    elif isinstance(model.head, nnx.Conv):
+        name = "conv + pool"  # NiN's and SqueezeNet's 1x1 conv classifier
     add(name, model, lambda m, y: m.classify(y), x, head_params)
     model.train()
     return rows
@@ -136,7 +143,8 @@ def _kind(module: nnx.Module) -> str:
     if isinstance(module, nnx.Conv):
         kernel = "x".join(map(str, module.kernel_size))
         strides = module.strides if isinstance(module.strides, int) else max(module.strides)
-        return f"conv {kernel}/{strides}"
+        groups = f" g{module.feature_group_count}" if module.feature_group_count > 1 else ""
+        return f"conv {kernel}/{strides}{groups}"
     if isinstance(module, nnx.Linear):
         return "dense"
     if isinstance(module, BatchNorm):
@@ -203,7 +211,8 @@ def layer_rows(model: ResNet, image_size: int) -> list[LayerRow]:
     remat (``scan_blocks=False``, ``remat_blocks=False``, the defaults):
     inside ``nnx.scan`` a block is traced once for the whole stage.
     """
-    if any(stage.repeated is not None or stage.remat for stage in model.stages):
+    if any(getattr(stage, "repeated", None) is not None or getattr(stage, "remat", False)
+           for stage in model.stages):
         raise ValueError("a per-layer summary needs a model built with scan_blocks=False and "
                          "remat_blocks=False")
     model.eval()

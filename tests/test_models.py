@@ -211,7 +211,7 @@ def test_features_hand_back_every_block_and_its_branch_response():
         (dict(family="imagenet", depth=40), "18, 34, 50, 101, 152"),
         (dict(family="cifar", depth=20, shortcut="D"), "allowed: A, B, C"),
         (dict(family="cifar", depth=20, plain=True, shortcut="A"), "plain net"),
-        (dict(family="vgg", depth=16), "allowed: cifar, imagenet"),
+        (dict(family="mobilenet", depth=16), "allowed: cifar, imagenet"),
         (dict(family="cifar", depth=20, dtype="float64"), "float32, bfloat16"),
         (dict(family="cifar", depth=20, widths=(16, 32)), "one entry per stage"),
     ],

@@ -92,9 +92,11 @@ def loss_fn(params: Any, state: TrainState, batch: Batch, rng: jax.Array, *,
     # variables that were created at an outer trace level.
     model = state.model(params, jax.tree.map(lambda a: a, state.batch_stats), train=True)
     freeze.freeze_batch_norm(model, config.finetune.freeze)
-    logits = model(batch["image"], rng=rng)
-    labels = batch["label"]
+    heads = models.training_logits(model, batch["image"], rng)
+    logits, labels = heads[0][1], batch["label"]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    for weight, aux in heads[1:]:  # auxiliary classifiers (GoogLeNet's), weighted
+        loss = loss + weight * optax.softmax_cross_entropy_with_integer_labels(aux, labels)
     if class_weights is not None:
         loss = loss * jnp.asarray(class_weights)[labels]
     error = jnp.mean(jnp.argmax(logits, -1) != labels)
