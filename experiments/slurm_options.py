@@ -9,7 +9,9 @@ one ``sbatch`` option of every trainer's job:
     array_parallelism (jobs of the study running at once), signal_s (seconds before
     the time limit at which the trainer is told to checkpoint), max_requeues
 
-``preflight(options, paths)`` refuses, before anything is submitted: no
+A value ``none`` drops the config file's default for that key.
+
+``preflight(options, study)`` refuses, before anything is submitted: no
 ``sbatch`` on the machine, a partition that does not exist, options SLURM
 refuses (``sbatch --test-only``: nothing is queued), and a study directory,
 repository or virtualenv on a file system local to this machine when the
@@ -104,7 +106,10 @@ def parse(items: list[str], defaults: dict[str, object] | None = None) -> SlurmO
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
             raise ValueError(f"--slurm {item!r} must look like KEY=VALUE")
-        given[key] = value
+        if value.lower() == "none":  # drops a default of the config file
+            given.pop(key, None)
+        else:
+            given[key] = value
     options = SlurmOptions()
     for key, value in given.items():
         if key not in KEYS:

@@ -2,7 +2,7 @@
 
     python -m experiments.sweep configs/degradation.py[:ARG] --workdir runs/degradation
         [--config.key=value ...] [--sweep key=v1,v2 ...] [--pack K|auto] [--workers N]
-        [--dry-run]
+        [--dry-run] [--launcher slurm [--slurm KEY=VALUE ...] [--detach|--status|--cancel]]
 
 The runs are the config file's ``sweep(add, arg)`` list (big_vision style),
 times the product of the ``--sweep`` lists. Each run has its own directory,
@@ -20,6 +20,9 @@ does not stop the others. A lock file per run directory keeps two launchers
 from training the same run at once (and each trainer locks its run directories
 itself); trainers die with the launcher (``exits.die_with_parent``). The
 report is written at the end.
+
+``--launcher slurm`` submits the same trainers as SLURM jobs instead
+(``experiments.slurm``); the default, local, path below is unchanged by it.
 
 The console (``sweep_console.Console``) follows the trainers' logs (their ``step N/M``
 lines): on a terminal one tqdm bar over the study's steps; otherwise plain

@@ -181,3 +181,23 @@ def slurm_cluster_fs(path):
     from experiments import slurm_options
 
     return slurm_options.file_system(str(path))
+
+
+def test_options_take_slurm_time_formats_config_defaults_and_none():
+    from experiments import slurm_options
+
+    assert [slurm_options.minutes(t) for t in ("90", "1:30", "2:00:00", "1-0", "1-2:30",
+                                               "0-0:0:30")] == [90, 2, 120, 1440, 1590, 1]
+    defaults = slurm_options.config_defaults("configs/degradation.py:cifar10")
+    options = slurm_options.parse(["cpus_per_task=4", "gpus_per_node=none",
+                                   "extra=--exclusive --mail-type=END"], defaults)
+    assert options.time_min == 720 and options.signal_s == slurm_options.DEFAULT_SIGNAL_S
+    assert options.sbatch_args() == ["--time=720", "--cpus-per-task=4", "--exclusive",
+                                     "--mail-type=END"]
+    assert slurm_options.parse(["tasks_per_node=2", "nodes=4"]).sbatch == \
+        {"ntasks_per_node": "2", "nodes": "4"}
+    for bad, message in [("nodes=0", "positive integer"), ("time=x", "use minutes"),
+                         ("extra=-x", "--key=value or --flag"), ("partition", "KEY=VALUE"),
+                         ("signal_s=900", "shorter than the time limit")]:
+        with pytest.raises(ValueError, match=message):
+            slurm_options.parse([bad, "time=10"] if bad.startswith("signal") else [bad])
