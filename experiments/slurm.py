@@ -292,13 +292,18 @@ class SlurmStudy:
             detached.append(True)
 
         if pending:
-            say(f"waiting for {len(set(self.jobs[r.name] for r in pending))} jobs (Ctrl-C stops "
-                "waiting; the jobs go on)")
+            n = len({self.jobs[r.name] for r in pending})
+            say(f"waiting for {n} job{'s' * (n > 1)} (Ctrl-C stops waiting; the jobs go on)")
         old = signal.signal(signal.SIGINT, detach)
         console.start()
         try:
             while pending and not detached:
-                queued = queue()
+                try:
+                    queued = queue()
+                except ValueError:  # Ctrl-C reached squeue too
+                    if detached:
+                        break
+                    raise
                 for run in list(pending):
                     job = self.jobs[run.name]
                     state = queued.get(job)
@@ -328,6 +333,7 @@ class SlurmStudy:
             print(f"stopped waiting; {len(pending)} runs still queued or running")
             for line in self._commands():
                 print(line)
+            print(f"report: python -m experiments.report {self.study}")
             return 1
         counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(results.items()))
         print(f"sweep done: {counts}")
