@@ -79,11 +79,14 @@ def jobs_of(study):
 
 def test_detached_requeued_and_attached_the_study_ends_as_the_local_launcher_ends(
         cluster, tmp_path, tmp_path_factory):
-    """Submit detached; `scontrol requeue` one run mid-way; the same command attaches.
+    """Submit detached; interrupt both runs mid-way; the same command attaches.
 
-    It submits nothing new, follows the runs to their end, writes the report
-    (cancelling the report's job, still waiting behind the runs), and every
-    run ends with the metrics of the uninterrupted run: each step once.
+    seed=0 is requeued with `scontrol requeue` (SIGTERM, as preemption), seed=1
+    gets the time-limit warning (SIGINT, as SLURM sends it `signal_s` before
+    the limit: its job requeues itself). The same command again submits
+    nothing new, follows the runs to their end, writes the report (the
+    report's job, still waiting behind the runs, cancelled), and every run
+    ends with the metrics of the uninterrupted run: each step once.
     """
     study = tmp_path / "study"
     out = launch(cluster, study, "--sweep", "seed=0,1", "--detach")
@@ -97,15 +100,16 @@ def test_detached_requeued_and_attached_the_study_ends_as_the_local_launcher_end
     attach = next(line for line in lines if line.startswith("attach: "))
     assert attach.endswith("--sweep seed=0,1")  # the same command, less --detach
 
-    metrics = study / "seed=0" / "metrics.jsonl"
-    wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1,
-               timeout=240, what="the first metrics line of seed=0")
-    job = jobs["seed=0"]
-    assert cluster.run("scontrol", "requeue", job).returncode == 0
-    # SLURM holds a requeued job for a while (BeginTime); let it start again at once.
-    wait_until(lambda: f"{job} PENDING" in cluster.jobs(), timeout=120,
-               what="the requeued job pending")
-    assert cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now").returncode == 0
+    for seed, interrupt in ((0, ("scontrol", "requeue")), (1, ("scancel", "--signal=INT"))):
+        metrics = study / f"seed={seed}" / "metrics.jsonl"
+        wait_until(lambda m=metrics: m.exists() and m.read_text().count("\n") >= 1,
+                   timeout=240, what=f"the first metrics line of seed={seed}")
+        job = jobs[f"seed={seed}"]
+        assert cluster.run(*interrupt, job).returncode == 0
+        # SLURM holds a requeued job for a while (BeginTime); let it start again at once.
+        wait_until(lambda j=job: f"{j} PENDING" in cluster.jobs(), timeout=120,
+                   what=f"the job of seed={seed} requeued")
+        assert cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now").returncode == 0
 
     again = launch(cluster, study, "--sweep", "seed=0,1")
     assert again.returncode == 0, again.stdout + again.stderr
@@ -113,8 +117,9 @@ def test_detached_requeued_and_attached_the_study_ends_as_the_local_launcher_end
     assert "[finished] seed=0" in again.stdout and "[finished] seed=1" in again.stdout
     assert "sweep done: 2 finished" in again.stdout
     assert (study / "results.md").exists()
-    log = (study / "seed=0" / "train.log").read_text()
-    assert "resuming from step" in log and "SIGTERM at step" in log, log
+    for seed, signal_name in ((0, "SIGTERM"), (1, "SIGINT")):
+        log = (study / f"seed={seed}" / "train.log").read_text()
+        assert f"{signal_name} at step" in log and "resuming from step" in log, log
     for seed in (0, 1):
         reference, _ = tiny_run(tmp_path_factory, **({"seed": seed} if seed else {}))
         got = read_metrics(study / f"seed={seed}")
