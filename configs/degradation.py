@@ -63,6 +63,17 @@ def pack(arg: str | None = "digits") -> str | None:
     return "auto" if options["seeds"] > 1 else None
 
 
+def slurm(arg: str | None = "digits") -> dict[str, str | int]:
+    """The study's default SLURM job options (``--launcher slurm``; ``--slurm KEY=VALUE`` or
+    ``KEY=none`` overrides them): one GPU per CIFAR-10 run, one 8-GPU node per ImageNet run."""
+    study, _ = _parse(arg)
+    if study in ("cifar10", "card"):
+        return {"gpus_per_node": 1, "cpus_per_task": 8, "time": "12:00:00"}
+    if study == "imagenet":
+        return {"gpus_per_node": 8, "cpus_per_task": 64, "time": "24:00:00"}
+    return {"time": "2:00:00"}
+
+
 def sweep(add, arg: str | None = "digits") -> None:
     study, options = _parse(arg)
     depths = {

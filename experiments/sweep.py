@@ -2,7 +2,7 @@
 
     python -m experiments.sweep configs/degradation.py[:ARG] --workdir runs/degradation
         [--config.key=value ...] [--sweep key=v1,v2 ...] [--pack K|auto] [--workers N]
-        [--dry-run]
+        [--dry-run] [--launcher slurm [--slurm KEY=VALUE ...] [--detach|--status|--cancel]]
 
 The runs are the config file's ``sweep(add, arg)`` list (big_vision style),
 times the product of the ``--sweep`` lists. Each run has its own directory,
@@ -20,6 +20,9 @@ does not stop the others. A lock file per run directory keeps two launchers
 from training the same run at once (and each trainer locks its run directories
 itself); trainers die with the launcher (``exits.die_with_parent``). The
 report is written at the end.
+
+``--launcher slurm`` submits the same trainers as SLURM jobs instead
+(``experiments.slurm``); the default, local, path below is unchanged by it.
 
 The console (``sweep_console.Console``) follows the trainers' logs (their ``step N/M``
 lines): on a terminal one tqdm bar over the study's steps; otherwise plain
@@ -41,6 +44,7 @@ import sys
 import time
 
 from experiments import pack_size
+from experiments.slurm_options import KEYS as SLURM_KEYS
 from experiments.study_plan import (
     MAX_NAME,
     REPO,
@@ -271,6 +275,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="print each trainer's command, run nothing")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: trainer processes on this machine (default); slurm: one SLURM "
+                        "job per trainer (experiments/slurm.py)")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="a SLURM job option (repeat): " + ", ".join(SLURM_KEYS))
+    p.add_argument("--detach", action="store_true",
+                   help="SLURM: submit and return (a job writes the report)")
+    p.add_argument("--status", action="store_true",
+                   help="SLURM: print each run's state; submit nothing")
+    p.add_argument("--cancel", action="store_true", help="SLURM: cancel the study's jobs")
     p.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
     p.add_argument("--train-script", default=os.path.join(REPO, "train.py"),
                    help=argparse.SUPPRESS)
@@ -278,6 +292,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.overrides = command_line.parse_overrides(extra)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    slurm_only = [f for f in ("slurm", "detach", "status", "cancel") if getattr(args, f)]
+    if slurm_only and args.launcher != "slurm":
+        raise ValueError(f"--{slurm_only[0]} goes with --launcher slurm")
     if args.pack is not None:
         args.pack = pack_size.parse_pack(args.pack)
     args.swept = []
@@ -307,8 +324,16 @@ def split_values(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cluster = None
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+        args = parse_args(argv)
+        if args.launcher == "slurm":
+            from experiments import slurm  # noqa: PLC0415 - submitit only for SLURM studies
+
+            cluster = slurm.SlurmStudy.open(args, argv)  # checked before any work
+            if args.status or args.cancel:
+                return cluster.cancel() if args.cancel else cluster.show()
         runs = plan(args.config, args.workdir, args.overrides, args.swept, args.python,
                     args.train_script)
         pack = args.pack if args.pack is not None else pack_size.default_pack(args.config)
@@ -340,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
                                       f"{e.strerror}")
     trainers = f" in {len(packs)} pack{'s' * (len(packs) > 1)}" if len(packs) < len(runs) else ""
     print(f"{len(runs)} runs{trainers} in {args.workdir}", flush=True)
+    if cluster is not None:
+        try:
+            return cluster.launch(runs, packs)
+        except ValueError as e:
+            return command_line.bad_input(e)
     launcher = Launcher(packs, args.workers)
     results = launcher.launch()
     counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(results.items()))

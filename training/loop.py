@@ -244,17 +244,18 @@ def _loop(members: Sequence[Member], mesh, feed, sched: schedule.Schedule,
         if lines:
             bar.update(_progress_line(lines))
         t_log = time.time()
+        signum = _agreed_stop(stop.signum)
         if (step % config.checkpoint_every_steps == 0 or step == sched.total_steps
-                or stop.signum is not None):
+                or signum is not None):
             for k, m in enumerate(members):
                 if not m.diverged and m.step == step:
                     with exits.writing("checkpoint", step, m.last_checkpoint):
                         m.ckpt.save(step, program.run_state(state, k))
-        if stop.signum is not None and step < sched.total_steps:
+        if signum is not None and step < sched.total_steps:
             for m in members:
                 with exits.writing("checkpoint", step, m.last_checkpoint):
                     m.ckpt.wait()
-            raise exits.Interrupted(stop.signum, step)
+            raise exits.Interrupted(signum, step)
     for m in members:
         with exits.writing("checkpoint", step, m.last_checkpoint):
             m.ckpt.wait()
@@ -269,6 +270,21 @@ def _loop(members: Sequence[Member], mesh, feed, sched: schedule.Schedule,
                                         num_params=num_params, total_steps=sched.total_steps,
                                         last_checkpoint=m.last_checkpoint))
     return summaries
+
+
+def _agreed_stop(signum: int | None) -> int | None:
+    """The stop signal, once every process of a multi-process run knows of one.
+
+    SLURM signals a job's processes at about the same moment, not at the same
+    step: each process would otherwise checkpoint (a collective) at its own
+    step and wait for the others for ever. Here all stop at the same log step.
+    """
+    if jax.process_count() == 1:
+        return signum
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    signals = multihost_utils.process_allgather(np.int32(signum or 0))
+    return int(signals.max()) or None
 
 
 def _record_divergence(member: Member, bad_step: int, alone: bool) -> None:

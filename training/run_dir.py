@@ -388,17 +388,24 @@ def _pid_alive(pid: int) -> bool:
 
 
 def acquire_lock(workdir: str) -> bool:
-    """Takes RUN_DIR/.lock atomically for a launcher; a lock of a dead process is taken over."""
+    """Takes RUN_DIR/.lock atomically for a launcher; a lock of a dead process is taken over.
+
+    So is the lock of an earlier attempt of this SLURM job (requeued, perhaps
+    from a node that died): SLURM runs one attempt of a job at a time.
+    """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LAUNCHER_LOCK)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
+          "slurm_job": os.environ.get("SLURM_JOB_ID")}
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
                 holder = read_json(path)
-                alive = holder.get("host") != me["host"] or _pid_alive(int(holder["pid"]))
+                earlier_attempt = me["slurm_job"] and holder.get("slurm_job") == me["slurm_job"]
+                alive = not earlier_attempt and (holder.get("host") != me["host"]
+                                                 or _pid_alive(int(holder["pid"])))
             except (OSError, ValueError, KeyError, TypeError):
                 alive = time.time() - os.path.getmtime(path) < STALE_UNREADABLE_LOCK_S
             if alive:

@@ -1,0 +1,212 @@
+"""The sweep on a real one-node SLURM cluster (``--launcher slurm``, experiments/slurm.py).
+
+One cluster per test session (``tests/slurm_cluster.py``: munged, slurmctld
+and slurmd as root, a config of their own in a temporary directory), shared
+by the pytest-xdist workers and stopped by the last of them. Where SLURM
+cannot run (not root, not Linux, not installed) every test here skips with
+the reason. The runs are conftest's tiny digits runs; the uninterrupted
+reference is ``conftest.tiny_run`` (``train.py`` in one go, as the local
+launcher runs it).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import filelock
+import numpy as np
+import pytest
+import slurm_cluster
+from conftest import (
+    TINY,
+    _shared_root,
+    read_metrics,
+    tiny_run,
+    wait_until,
+    without_timing,
+)
+
+from experiments import sweep
+
+CONFIG = "configs/digits.py:resnet-14"
+TINY_ARGS = [f"--config.{k}={v}" for k, v in TINY.items()]
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """The session's cluster: the first worker to ask starts it, the last to finish stops it."""
+    reason = slurm_cluster.why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    root = _shared_root(tmp_path_factory)
+    users, where = root / "slurm.users", root / "slurm.dir"
+    with filelock.FileLock(str(root / "slurm.lock")):
+        count = int(users.read_text()) if users.exists() else 0
+        if count == 0:  # outside pytest's 0700 temp: munged runs as 'munge' and must get in
+            directory = tempfile.mkdtemp(prefix="slurm-tests-")
+            where.write_text(directory)
+            try:
+                started = slurm_cluster.SlurmCluster.start(directory)
+            except slurm_cluster.Unavailable as e:
+                pytest.skip(str(e))
+        else:
+            directory = where.read_text()
+            started = slurm_cluster.SlurmCluster.attach(directory)
+        users.write_text(str(count + 1))
+    yield started
+    with filelock.FileLock(str(root / "slurm.lock")):
+        count = int(users.read_text()) - 1
+        users.write_text(str(count))
+        if count == 0:
+            started.stop()
+            shutil.rmtree(started.directory, ignore_errors=True)
+
+
+def launch(cluster, study, *extra, env=None):
+    """``python -m experiments.sweep`` on the tiny run's config against the test cluster."""
+    return subprocess.run([sys.executable, "-m", "experiments.sweep", CONFIG, "--workdir",
+                           str(study), *TINY_ARGS, "--launcher", "slurm", "--slurm", "time=10",
+                           *extra], env=env or cluster.env, capture_output=True, text=True,
+                          cwd=sweep.REPO, timeout=600)
+
+
+def jobs_of(study):
+    return json.loads((study / "slurm.json").read_text())["jobs"]
+
+
+def test_detached_requeued_and_attached_the_study_ends_as_the_local_launcher_ends(
+        cluster, tmp_path, tmp_path_factory):
+    """Submit detached; interrupt both runs mid-way; the same command attaches.
+
+    seed=0 is requeued with `scontrol requeue` (SIGTERM, as preemption), seed=1
+    gets the time-limit warning (SIGINT, as SLURM sends it `signal_s` before
+    the limit: its job requeues itself). The same command again submits
+    nothing new, follows the runs to their end, writes the report (the
+    report's job, still waiting behind the runs, cancelled), and every run
+    ends with the metrics of the uninterrupted run: each step once.
+    """
+    study = tmp_path / "study"
+    out = launch(cluster, study, "--sweep", "seed=0,1", "--detach")
+    assert out.returncode == 0, out.stdout + out.stderr
+    jobs = jobs_of(study)
+    assert sorted(jobs) == ["seed=0", "seed=1"] and jobs["seed=0"] != jobs["seed=1"]
+    lines = out.stdout.splitlines()
+    assert f"[submitted] seed=0 (job {jobs['seed=0']})" in lines
+    assert any(line.startswith("2 jobs queued or running: ") and "the report: job" in line
+               for line in lines), out.stdout
+    attach = next(line for line in lines if line.startswith("attach: "))
+    assert attach.endswith("--sweep seed=0,1")  # the same command, less --detach
+
+    # Each interrupt as soon as its trainer is compiling: its signal handlers are in place
+    # and it has steps to go (a tiny run ends seconds after its first metrics line).
+    interrupts = {0: ("scontrol", "requeue"), 1: ("scancel", "--signal=INT")}
+    for seed, interrupt in interrupts.items():
+        log = study / f"seed={seed}" / "train.log"
+        wait_until(lambda p=log: p.exists() and "compiling the training step" in p.read_text(),
+                   timeout=240, what=f"the trainer of seed={seed} compiling")
+        assert cluster.run(*interrupt, jobs[f"seed={seed}"]).returncode == 0
+    for seed in interrupts:
+        job = jobs[f"seed={seed}"]
+        # SLURM holds a requeued job for a while (BeginTime); let it start again at once.
+        wait_until(lambda j=job: f"{j} PENDING" in cluster.jobs(), timeout=120,
+                   what=f"the job of seed={seed} requeued")
+        assert cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now").returncode == 0
+
+    again = launch(cluster, study, "--sweep", "seed=0,1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "[submitted]" not in again.stdout and jobs_of(study) == jobs
+    assert "[finished] seed=0" in again.stdout and "[finished] seed=1" in again.stdout
+    assert "sweep done: 2 finished" in again.stdout
+    assert (study / "results.md").exists()
+    for seed, signal_name in ((0, "SIGTERM"), (1, "SIGINT")):
+        log = (study / f"seed={seed}" / "train.log").read_text()
+        assert f"{signal_name} at step" in log and "resuming from step" in log, log
+    for seed in (0, 1):
+        reference, _ = tiny_run(tmp_path_factory, **({"seed": seed} if seed else {}))
+        got = read_metrics(study / f"seed={seed}")
+        assert without_timing(got) == without_timing(read_metrics(reference))
+    assert not [line for line in cluster.jobs() if line.split()[0] in jobs.values()]
+
+
+def test_a_two_task_job_joins_through_slurm_and_trains_what_one_process_trains(
+        cluster, tmp_path, tmp_path_factory):
+    """`ntasks=2`: srun starts two train.py (two CPU devices each, gloo) joined by JAX's
+    SLURM detection; the first logged loss is the one-process run's (four devices);
+    `--cancel` then stops the job, and the run waits to be resumed."""
+    study = tmp_path / "two"
+    env = {**cluster.env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = launch(cluster, study, "--slurm", "ntasks=2", "--detach", "--no-report", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    metrics = study / "run" / "metrics.jsonl"
+    wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1,
+               timeout=240, what="the first metrics line of the two-task run")
+    cancelled = launch(cluster, study, "--slurm", "ntasks=2", "--cancel", env=env)
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    job = jobs_of(study)["run"]
+    assert cancelled.stdout.startswith(f"cancelled 1 job: {job} ")
+    wait_until(lambda: not [line for line in cluster.jobs() if line.startswith(f"{job} ")],
+               timeout=120, what="the cancelled job to leave the queue")
+    first = read_metrics(study / "run")[0]
+    reference = read_metrics(tiny_run(tmp_path_factory)[0])[0]
+    assert first["step"] == reference["step"] == 5
+    np.testing.assert_allclose(first["train_loss"], reference["train_loss"], rtol=1e-4)
+    steps = [line["step"] for line in read_metrics(study / "run")]
+    assert steps == sorted(set(steps))  # one writer: process 0
+    status = launch(cluster, study, "--slurm", "ntasks=2", "--status", env=env)
+    assert status.returncode == 0 and "[interrupted] run" in status.stdout, status.stdout
+
+
+@pytest.mark.parametrize("case,extra,message", [
+    ("no sbatch", [], "no sbatch on this machine"),
+    ("no partition", ["--slurm", "partition=nope"],
+     "partition 'nope' does not exist (partitions: debug, remote)"),
+    ("refused", ["--slurm", "mem=lots"], "SLURM refuses the job options"),
+    ("not shared", ["--slurm", "partition=remote"],
+     "is on a file system of this machine"),
+    ("unknown key", ["--slurm", "gpus=1"], "unknown --slurm key 'gpus'"),
+])
+def test_bad_input_is_one_error_line_and_submits_nothing(cluster, tmp_path, case, extra,
+                                                         message):
+    env = cluster.env
+    if case == "no sbatch":
+        env = {**env, "PATH": os.path.dirname(sys.executable)}
+    if case == "not shared" and slurm_cluster_fs(tmp_path) not in {"ext4", "xfs", "btrfs",
+                                                                  "tmpfs", "overlay"}:
+        pytest.skip("the temporary directory is not on a local file system here")
+    study = tmp_path / "bad"
+    out = launch(cluster, study, *extra, env=env)
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(err) == 1 and message in err[0], out.stderr
+    assert err[0].startswith("error: ")
+    assert not (study / "slurm.json").exists() and not (study / "sweep.json").exists()
+    names = cluster.run("squeue", "-h", "-o", "%j").stdout.split()
+    assert "sweep:bad" not in names
+
+
+def slurm_cluster_fs(path):
+    from experiments import slurm_options
+
+    return slurm_options.file_system(str(path))
+
+
+def test_options_take_slurm_time_formats_config_defaults_and_none():
+    from experiments import slurm_options
+
+    assert [slurm_options.minutes(t) for t in ("90", "1:30", "2:00:00", "1-0", "1-2:30",
+                                               "0-0:0:30")] == [90, 2, 120, 1440, 1590, 1]
+    defaults = slurm_options.config_defaults("configs/degradation.py:cifar10")
+    options = slurm_options.parse(["cpus_per_task=4", "gpus_per_node=none",
+                                   "extra=--exclusive --mail-type=END"], defaults)
+    assert options.time_min == 720 and options.signal_s == slurm_options.DEFAULT_SIGNAL_S
+    assert options.sbatch_args() == ["--time=720", "--cpus-per-task=4", "--exclusive",
+                                     "--mail-type=END"]
+    assert slurm_options.parse(["tasks_per_node=2", "nodes=4"]).sbatch == \
+        {"ntasks_per_node": "2", "nodes": "4"}
+    for bad, message in [("nodes=0", "positive integer"), ("time=x", "use minutes"),
+                         ("extra=-x", "--key=value or --flag"), ("partition", "KEY=VALUE"),
+                         ("signal_s=900", "shorter than the time limit")]:
+        with pytest.raises(ValueError, match=message):
+            slurm_options.parse([bad, "time=10"] if bad.startswith("signal") else [bad])
