@@ -18,14 +18,15 @@ several machines (the study directory, which holds the runs, must then be
 shared too). Running the same command again continues the study up to
 ``--trials`` trials in all; ``--workers N`` trains N trials at once, and
 other commands on the same storage join as more workers. A killed worker's
-trial is failed once its heartbeat is ``2 x --heartbeat`` seconds old, then
+trial is failed once its heartbeat is ``2 x --heartbeat + 1`` seconds old, then
 queued again and resumed from its run's checkpoint by whichever worker is
 free; a worker whose budget is spent waits for the running trials, so the
 command returns when the study is complete. Then ``search_report`` writes
 ``results.md/.csv`` and the plots into STUDY. Bad input is one ``error:``
 line, exit 2, before anything is created; exit 1 when a trial failed or the
 search was stopped (SIGINT/SIGTERM: the trainers checkpoint, their trials
-are queued again for the rerun).
+are queued again for the rerun). A rerun with the same setup skips the
+validation of the space (done when the study was made).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--study-name", default=None,
                    help="the study's name in the storage (default: the study directory's)")
     p.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
-                   help="a lost worker's trial is retried after 2x this without a beat")
+                   help="a lost worker's trial is retried after 2x this (+1) without a beat")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     p.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
     p.add_argument("--train-script", default=os.path.join(REPO, "train.py"),
@@ -208,7 +209,8 @@ class Search:
 
     def _study(self, seed_offset: int | None) -> optuna.Study:
         args = self.plan.args
-        seed = None if seed_offset is None or args.seed is None else args.seed + seed_offset
+        offset = 0 if args.sampler == "grid" else seed_offset  # see make_sampler
+        seed = None if offset is None or args.seed is None else args.seed + offset
         return optuna.load_study(
             study_name=self.plan.study_name, storage=self.storage,
             sampler=search_study.make_sampler(args.sampler, seed, self.plan.setup.space),
@@ -262,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         p = plan(args)
-        validate_trials(p)
         creating = not os.path.isdir(p.setup.study_dir)
+        if not os.path.exists(os.path.join(p.setup.study_dir, SEARCH_FILE)):
+            validate_trials(p)  # a rerun continues a study checked when it was made
         storage = None
         if args.storage is not None:  # reached before the study directory is made
             storage = search_study.open_storage(p.url, args.heartbeat)

@@ -24,10 +24,12 @@ Light: no JAX (Optuna, matplotlib, scikit-learn for the importances).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shlex
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -139,12 +141,27 @@ def _save(ax, base: str) -> tuple[str, str]:
     figure = axes.figure
     figure.tight_layout()
     paths = (base + ".png", base + ".svg")
-    for p in paths:
-        figure.savefig(p, dpi=120)
+    for p in paths:  # whole files only: workers that end together both write the report
+        tmp = f"{p}.tmp-{os.getpid()}-{threading.get_ident()}"
+        figure.savefig(tmp, dpi=120, format=p.rsplit(".", 1)[1])
+        os.replace(tmp, p)
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     plt.close(figure)
     return paths
+
+
+@contextlib.contextmanager
+def _whole_file(path: str, **kwargs):
+    """A text file written to a temporary name and renamed when complete."""
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with open(tmp, "w", **kwargs) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _labelled(ax, ylabel: str):
@@ -229,7 +246,7 @@ def write_report(study_dir: str, storage: str | None = None, study_name: str | N
     files, notes = plots(study, study_dir)
     csv_path, md_path = os.path.join(study_dir, "results.csv"), \
         os.path.join(study_dir, "results.md")
-    with open(csv_path, "w", newline="") as f:
+    with _whole_file(csv_path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["rank", "run", "trial", *keys, "final val error", "best val error",
                          "status", "steps", "total steps", "detail"])
@@ -246,7 +263,7 @@ def write_report(study_dir: str, storage: str | None = None, study_name: str | N
     parts += [f"![{name}]({name}.png)\n" for name in PLOTS
               if os.path.join(study_dir, f"{name}.png") in files]
     parts += [f"**Note:** {n}\n" for n in notes]
-    with open(md_path, "w") as f:
+    with _whole_file(md_path) as f:
         f.write("\n".join(parts))
     written["files"] = [md_path, csv_path, *files]
     written["notes"] = notes

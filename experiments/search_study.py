@@ -75,6 +75,12 @@ def check_url(url: str) -> None:
                          "workers share or a rerun continues")
 
 
+def grace_period(heartbeat_s: int) -> int:
+    """Seconds without a heartbeat after which a trial's worker counts as lost: two beats
+    missed, and one second more (SQLite's clock counts whole seconds)."""
+    return 2 * heartbeat_s + 1
+
+
 def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
     """The study's storage, with heartbeats and retry of lost trials; ValueError if unreachable."""
     kwargs = {}
@@ -82,7 +88,7 @@ def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
         kwargs = {"connect_args": {"timeout": 60}}
     try:
         return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
-                          grace_period=2 * heartbeat_s,
+                          grace_period=grace_period(heartbeat_s),
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                               max_retry=MAX_RETRY))
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's and the drivers' many errors
@@ -91,7 +97,11 @@ def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
 
 
 def make_sampler(name: str, seed: int | None, space: list[Param]) -> optuna.samplers.BaseSampler:
-    """The sampler of ``SAMPLERS``; ``seed`` None draws a fresh one."""
+    """The sampler of ``SAMPLERS``; ``seed`` None draws a fresh one.
+
+    Every worker's grid sampler must get the same seed: it numbers the grid's
+    points in an order shuffled by it, and marks the trials with those numbers.
+    """
     if name == "tpe":  # the constant liar keeps parallel workers from drawing alike
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     if name == "random":

@@ -124,9 +124,21 @@ class TrialRun:
         self.reported: set[int] = set()
         self.pruned: tuple[int, str] | None = None  # (step, why)
         self.total_steps: int | None = None
+        self.taken_over = False
 
     def run(self) -> tuple[str, str]:
-        """Trains the trial; returns its status and a detail line, after telling Optuna."""
+        """Trains the trial; returns its status and a detail line, after telling Optuna.
+
+        A trial taken over meanwhile (its heartbeat went stale, another worker
+        retries it: this worker was thought lost) ends ``taken over``; its
+        trainer still finishes the run, which the retry then finds done.
+        """
+        try:
+            return self._run()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return "taken over", "its heartbeat went stale and another worker retries it"
+
+    def _run(self) -> tuple[str, str]:
         self.trial.set_user_attr("run", self.name)
         self.storage.record_heartbeat(self.trial._trial_id)  # noqa: SLF001 - as Study.optimize
         os.makedirs(self.workdir, exist_ok=True)
@@ -135,6 +147,8 @@ class TrialRun:
             status, detail = "pruned", run_dir.read_summary(self.workdir).get("error", "")
         else:
             status, detail = self._train()
+        if self.taken_over:
+            raise optuna.exceptions.UpdateFinishedTrialError(self.name)
         self._tell(status, detail)
         return status, detail
 
@@ -185,7 +199,10 @@ class TrialRun:
             if not text:  # the trainer has ended
                 return
             asked = json.loads(text)
-            stop = self._judge(asked["step"], asked["val_error"], asked["total_steps"])
+            try:
+                stop = self._judge(asked["step"], asked["val_error"], asked["total_steps"])
+            except optuna.exceptions.UpdateFinishedTrialError:  # taken over: let it finish
+                stop, self.taken_over = False, True
             with contextlib.suppress(OSError):
                 answers.write("stop\n" if stop else "go\n")
                 answers.flush()
