@@ -34,3 +34,12 @@ def get_config(arg: str | None = "resnet-20") -> ml_collections.ConfigDict:
         c.model.remat_blocks = True
     c.lock()
     return c
+
+
+def search_space(arg: str | None = None) -> dict[str, str]:
+    """What ``python -m experiments.search configs/cifar10.py:NET`` tunes without
+    ``--space``: the learning rate and the weight decay, log-uniform around the paper's
+    0.1 and 1e-4 (the search needs ``--config.val_examples=5000``, the paper's split)."""
+    del arg  # the same space for every network
+    return {"optimizer.lr": "loguniform(0.01, 1)",
+            "optimizer.weight_decay": "loguniform(1e-5, 1e-3)"}

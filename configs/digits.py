@@ -32,3 +32,11 @@ def get_config(arg: str | None = "resnet-20") -> ml_collections.ConfigDict:
     network_arg.apply(c, arg)
     c.lock()
     return c
+
+
+def search_space(arg: str | None = None) -> dict[str, str]:
+    """What ``python -m experiments.search configs/digits.py`` tunes without ``--space``:
+    the learning rate and the weight decay, log-uniform around the paper's 0.1 and 1e-4."""
+    del arg  # the same space for every network
+    return {"optimizer.lr": "loguniform(0.01, 1)",
+            "optimizer.weight_decay": "loguniform(1e-5, 1e-3)"}

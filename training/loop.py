@@ -20,6 +20,8 @@ examples and the augmentation are pure functions of (seed, step)).
   checkpoint kept and ``diverged`` in its ``summary.json``; the others go on.
 - SIGTERM/SIGINT: every run's checkpoint of the current log step, then
   ``exits.Interrupted``.
+- Under a search (``training.eval_gate``, a lone run only): after each
+  evaluation the search says go on or stop; stop is handled as a SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import time
 from collections.abc import Sequence
 
@@ -41,6 +44,7 @@ from data import validation as data_validation
 from data.device import replicate
 from training import (
     checkpoints,
+    eval_gate,
     exits,
     finetune,
     optimizer,
@@ -215,6 +219,7 @@ def _loop(members: Sequence[Member], mesh, feed, sched: schedule.Schedule,
         progress.say(f"compiling the training step of {what}; the first log line follows at "
                      f"step {min(start + config.log_every_steps, sched.total_steps)}")
     bar = progress.Progress(sched.total_steps, start, config.log_every_steps)
+    gate = eval_gate.from_env() if alone else None  # a search's pruner, at each evaluation
     t0, t_log, step = time.time(), time.time(), start
     while step < sched.total_steps and not all(m.diverged for m in members):
         before = step
@@ -241,6 +246,8 @@ def _loop(members: Sequence[Member], mesh, feed, sched: schedule.Schedule,
             with exits.writing("metrics line", step, m.last_checkpoint):
                 m.run.metrics.append(line)
             lines.append(line)
+            if gate and "val_error" in line and gate.stop_after(line, sched.total_steps):
+                stop.signum = signal.SIGTERM  # pruned: checkpoint this step and stop
         if lines:
             bar.update(_progress_line(lines))
         t_log = time.time()
@@ -295,6 +302,8 @@ def _record_divergence(member: Member, bad_step: int, alone: bool) -> None:
     run_dir.record_failure(member.workdir, "diverged", str(error),
                            name=models.spec_from_config(member.config.model).name,
                            diverged_at_step=bad_step)
+    records.write_hparams(member.config, member.run, run_dir.read_summary(member.workdir),
+                          bad_step, member.last_checkpoint)
     if not alone:
         progress.say(f"{member.workdir}: diverged: {error}; the pack's other runs go on")
 

@@ -3,7 +3,8 @@
 The training loop (``training.loop``) calls these for every run, alone or in
 a pack, so a run's ``metrics.jsonl``, ``layer_responses.json`` and
 ``summary.json`` read the same whichever way it trained (``experiments.report``
-and the other readers never need to know).
+and the other readers never need to know). A run that ends (finished or
+diverged) also gets its TensorBoard HParams session (``write_hparams``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import ml_collections
 
 import models
-from training import exits, measure, run_dir, schedule, steps
+from training import exits, measure, run_dir, schedule, steps, tb_events
 
 
 def train_line(config: ml_collections.ConfigDict, sched: schedule.Schedule, step: int,
@@ -80,6 +81,16 @@ def finish(config: ml_collections.ConfigDict, feed: Any, state: steps.TrainState
         summary["history"] = (f"partial: metrics.jsonl was missing when the run resumed at "
                               f"step {run.history_lost_before}; the lines before are lost and "
                               "wall_time_s and best_test_error cover the rest only")
-    with exits.writing("summary", total_steps, last_checkpoint):
+    write_hparams(config, run, summary, total_steps, last_checkpoint)  # before the summary:
+    with exits.writing("summary", total_steps, last_checkpoint):  # summary.json means done
         run.write_json("summary.json", summary)
     return summary
+
+
+def write_hparams(config: ml_collections.ConfigDict, run: run_dir.RunDir, summary: dict,
+                  step: int, last_checkpoint: Callable[[], int | None]) -> None:
+    """The run's TensorBoard HParams session: its settings, status and errors (``tb_events``)."""
+    if run.is_writer:
+        with exits.writing("TensorBoard HParams summary", step, last_checkpoint):
+            tb_events.write_hparams(run.workdir, step, tb_events.hparams_of(config.to_dict()),
+                                    summary, summary.get("status", "unknown"))

@@ -344,6 +344,7 @@ def summarize(lines: Iterable[dict], **fields: Any) -> dict:
     vals = [line for line in lines if "val_error" in line]
     if vals:
         summary["final_val_error"] = vals[-1]["val_error"]
+        summary["best_val_error"] = min(v["val_error"] for v in vals)
     if evals and "test_error_per_class" in evals[-1]:  # per-class error of the final eval
         summary["test_error_per_class"] = evals[-1]["test_error_per_class"]
     summary.update(fields)
