@@ -12,6 +12,9 @@ one error line saying how to prepare it when not).
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import importlib.util
+import os
 from typing import Any
 
 import numpy as np
@@ -55,12 +58,48 @@ def check_known(name: str) -> None:
 
 
 def _stratified_split(labels: np.ndarray, n_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held out) with ``n_out`` held out, class proportions preserved."""
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+    """Indices (kept, held out) with ``n_out`` held out, class proportions preserved.
 
-    idx = np.arange(len(labels))
-    kept, held = train_test_split(idx, test_size=n_out, random_state=seed, stratify=labels)
-    return np.sort(kept), np.sort(held)
+    The held-out set of scikit-learn's ``train_test_split(..., stratify=labels,
+    random_state=seed)`` (its ``StratifiedShuffleSplit``), draw for draw, in
+    numpy: importing scikit-learn takes seconds at every run's start.
+    ``tests/test_datasets.py`` checks the two agree.
+    """
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    n_kept = len(labels) - n_out
+    if counts.min() < 2:
+        raise ValueError(f"class {classes[counts.argmin()]} has a single example: too few to "
+                         "split off a stratified held-out set")
+    if min(n_kept, n_out) < len(classes):
+        raise ValueError(f"a stratified split of {len(labels)} examples into {n_kept} and "
+                         f"{n_out} needs at least {len(classes)} (the classes) on each side")
+    by_class = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    kept_per_class = _approximate_mode(counts, n_kept, rng)
+    out_per_class = _approximate_mode(counts - kept_per_class, n_out, rng)
+    kept, held = [], []
+    for members, k, t in zip(by_class, kept_per_class, out_per_class, strict=True):
+        shuffled = members.take(rng.permutation(len(members)), mode="clip")
+        kept.extend(shuffled[:k])
+        held.extend(shuffled[k:k + t])
+    return np.sort(np.asarray(kept, int)), np.sort(np.asarray(held, int))
+
+
+def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """Per class, how many of ``draws`` it gets (scikit-learn's ``_approximate_mode``):
+    the floor of its share, then one more for the largest remainders, ties drawn at random."""
+    continuous = counts / counts.sum() * draws
+    floored = np.floor(continuous)
+    need = int(draws - floored.sum())
+    remainder = continuous - floored
+    for value in np.sort(np.unique(remainder))[::-1] if need > 0 else []:
+        (inds,) = np.where(remainder == value)
+        add_now = min(len(inds), need)
+        floored[rng.choice(inds, size=add_now, replace=False)] += 1
+        need -= add_now
+        if need == 0:
+            break
+    return floored.astype(int)
 
 
 def _take(split: Split, idx: np.ndarray) -> Split:
@@ -85,11 +124,19 @@ def imbalanced_subset(labels: np.ndarray, classes, keep_fraction: float,
 
 
 def _load_digits() -> tuple[Split, Split, int]:
-    from sklearn.datasets import load_digits  # noqa: PLC0415
+    """The 1,797 8x8 digits scikit-learn ships (``load_digits``), read from its data file.
 
-    d = load_digits()
-    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    labels = d.target.astype(np.int32)
+    Read directly (the file's values, 0-16, as ``load_digits`` parses them) so
+    that a digits run does not import scikit-learn.
+    """
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the digits data come with scikit-learn: pip install -r requirements.txt")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    images = np.round(data[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = data[:, -1].astype(np.int32)
     train_idx, test_idx = _stratified_split(labels, DIGITS_TEST_EXAMPLES, seed=0)
     everything = Split(images, labels)
     return _take(everything, train_idx), _take(everything, test_idx), 10
