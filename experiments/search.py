@@ -3,7 +3,8 @@
     python -m experiments.search configs/FILE.py[:ARG] --workdir STUDY --trials N
         [--space KEY=DIST ...] [--sampler tpe|random|qmc|grid] [--pruner none|median|asha]
         [--prune-startup K] [--workers N] [--seed S] [--storage URL] [--study-name NAME]
-        [--heartbeat SECONDS] [--config.KEY=VALUE ...]
+        [--heartbeat SECONDS] [--launcher slurm [--slurm KEY=VALUE ...]]
+        [--config.KEY=VALUE ...]
 
 Each trial is an ordinary run directory, ``STUDY/trial=0003,lr=0.0347``,
 trained by ``train.py`` (``search_trial``); the objective is the validation
@@ -17,7 +18,8 @@ file ``STUDY/study.db``, or ``--storage URL`` (PostgreSQL...) for workers on
 several machines (the study directory, which holds the runs, must then be
 shared too). Running the same command again continues the study up to
 ``--trials`` trials in all; ``--workers N`` trains N trials at once, and
-other commands on the same storage join as more workers. A killed worker's
+other commands on the same storage join as more workers (``--launcher slurm``:
+``--workers`` SLURM jobs of one worker each, ``search_slurm``). A killed worker's
 trial is failed once its heartbeat is ``2 x --heartbeat + 1`` seconds old, then
 queued again and resumed from its run's checkpoint by whichever worker is
 free; a worker whose budget is spent waits for the running trials, so the
@@ -85,6 +87,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
                    help="a lost worker's trial is retried after 2x this (+1) without a beat")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: the workers here (default); slurm: --workers SLURM jobs, one "
+                        "worker each (experiments/search_slurm.py)")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="a SLURM job option (repeat), as for experiments.sweep")
     p.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
     p.add_argument("--train-script", default=os.path.join(REPO, "train.py"),
                    help=argparse.SUPPRESS)
@@ -95,6 +102,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                ("--prune-startup", args.prune_startup, 0)):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be >= {least}, got {value}")
+    if args.slurm and args.launcher != "slurm":
+        raise ValueError("--slurm goes with --launcher slurm")
     return args
 
 
@@ -261,9 +270,15 @@ def _pct(v) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cluster = None
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+        args = parse_args(argv)
         p = plan(args)
+        if args.launcher == "slurm":
+            from experiments import search_slurm  # noqa: PLC0415 - submitit for SLURM only
+
+            cluster = search_slurm.check(args, p.setup.study_dir)
         creating = not os.path.isdir(p.setup.study_dir)
         if not os.path.exists(os.path.join(p.setup.study_dir, SEARCH_FILE)):
             validate_trials(p)  # a rerun continues a study checked when it was made
@@ -287,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         return command_line.bad_input(f"cannot create the study in {p.setup.study_dir}: {e}")
     print(f"search of {p.trials} trials ({args.sampler} sampler, {args.pruner} pruner) in "
           f"{p.setup.study_dir}; storage {p.record['storage']}", flush=True)
+    if cluster is not None:
+        try:
+            return search_slurm.submit(args, argv, p.setup.study_dir, cluster)
+        except ValueError as e:
+            return command_line.bad_input(e)
     search = Search(p, storage)
     search.run()
     counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(search.results.items()))

@@ -159,18 +159,8 @@ class SlurmStudy:
     # --- submitting
 
     def _executor(self, **parameters):
-        import submitit  # noqa: PLC0415 - only where jobs are submitted
-
-        setup = [f"cd {shlex.quote(REPO)}",
-                 f"export PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}}",
-                 "export SUBMITIT_PREEMPT_SIGNAL=INT",  # SLURM's time-limit warning
-                 "trap : TERM  # on SIGTERM this shell waits for the trainer's checkpoint"]
-        executor = submitit.SlurmExecutor(folder=os.path.join(self.study, FOLDER),
-                                          max_num_timeout=self.options.max_requeues)
-        executor.update_parameters(setup=setup, wckey=None, stderr_to_stdout=True,
-                                   job_name=f"sweep:{os.path.basename(self.study)}",
-                                   **parameters)
-        return executor
+        return executor(self.study, self.options, f"sweep:{os.path.basename(self.study)}",
+                        **parameters)
 
     def _submit(self, packs: list[Pack]) -> list[str]:
         """One job array of the packs (one job for one pack); their job ids, in order."""
@@ -185,7 +175,7 @@ class SlurmStudy:
             with executor.batch():
                 jobs = [executor.submit(TrainerJob(pack)) for pack in packs]
         except Exception as e:  # noqa: BLE001 - sbatch's refusal, as submitit raises it
-            raise ValueError(f"sbatch refused the jobs: {_last_line(e)}") from None
+            raise ValueError(f"sbatch refused the jobs: {last_line(e)}") from None
         return [job.job_id for job in jobs]
 
     def _submit_report(self) -> str | None:
@@ -206,7 +196,7 @@ class SlurmStudy:
         try:
             job = executor.submit(submitit.helpers.CommandFunction(command, cwd=REPO))
         except Exception as e:  # noqa: BLE001
-            raise ValueError(f"sbatch refused the report's job: {_last_line(e)}") from None
+            raise ValueError(f"sbatch refused the report's job: {last_line(e)}") from None
         return job.job_id
 
     def _record(self) -> None:
@@ -374,7 +364,26 @@ class SlurmStudy:
             print(f"report: {e}", file=sys.stderr)
 
 
-def _last_line(error: BaseException) -> str:
+def executor(study: str, options: slurm_options.SlurmOptions, job_name: str, **parameters):
+    """submitit's executor for a study's jobs: run from the repository, SIGINT as the warning.
+
+    Its pickles and the jobs' logs go to STUDY/.slurm; a job's shell waits for
+    its trainer on SIGTERM (which checkpoints) instead of dying first.
+    """
+    import submitit  # noqa: PLC0415 - only where jobs are submitted
+
+    setup = [f"cd {shlex.quote(REPO)}",
+             f"export PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}}",
+             "export SUBMITIT_PREEMPT_SIGNAL=INT",  # SLURM's time-limit warning
+             "trap : TERM  # on SIGTERM this shell waits for the trainer's checkpoint"]
+    ex = submitit.SlurmExecutor(folder=os.path.join(study, FOLDER),
+                                max_num_timeout=options.max_requeues)
+    ex.update_parameters(setup=setup, wckey=None, stderr_to_stdout=True, job_name=job_name,
+                         **parameters)
+    return ex
+
+
+def last_line(error: BaseException) -> str:
     text = str(error).strip()
     lines = [line for line in text.splitlines() if line.strip()] or [type(error).__name__]
     errors = [line for line in lines if "error:" in line] or lines

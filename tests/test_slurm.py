@@ -210,3 +210,41 @@ def test_options_take_slurm_time_formats_config_defaults_and_none():
                          ("signal_s=900", "shorter than the time limit")]:
         with pytest.raises(ValueError, match=message):
             slurm_options.parse([bad, "time=10"] if bad.startswith("signal") else [bad])
+
+
+def test_a_search_runs_as_an_array_of_workers_sharing_one_study(cluster, tmp_path):
+    """``experiments.search --launcher slurm``: --workers jobs of one worker each, one study.
+
+    Three trials between two worker jobs: each trial trained once (three runs, three
+    distinct trials, all complete), the total not overshot, the report written by the
+    last worker; a bad option is refused before the study exists.
+    """
+    import optuna
+
+    study = tmp_path / "search"
+    cmd = [sys.executable, "-m", "experiments.search", CONFIG, "--workdir", str(study),
+           *TINY_ARGS, "--config.val_examples=100", "--config.layer_responses=False",
+           "--config.dead_units=False", "--space", "optimizer.lr=loguniform(0.01,1)",
+           "--sampler", "random", "--trials", "3", "--workers", "2", "--launcher", "slurm",
+           "--slurm", "time=10"]
+    bad = subprocess.run([*cmd, "--slurm", "mem=lots"], env=cluster.env, capture_output=True,
+                         text=True, cwd=sweep.REPO, timeout=120)
+    assert bad.returncode == 2 and "SLURM refuses the job options" in bad.stderr, bad.stderr
+    assert not study.exists()
+    out = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True,
+                         cwd=sweep.REPO, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("submitted 2 worker jobs: "))
+    ids = line.split(": ", 1)[1].split(" (")[0].split()
+    assert len(ids) == 2 and len({i.split("_")[0] for i in ids}) == 1  # one array
+    wait_until(lambda: not any(j.split()[0] in ids for j in cluster.jobs()), timeout=400,
+               what="both worker jobs ended")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study}/study.db")
+    trials = optuna.load_study(study_name="search", storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    runs = sorted(t.user_attrs["run"] for t in trials)
+    assert len(set(runs)) == 3
+    assert sorted(d.name for d in study.iterdir() if (d / "config.json").exists()) == runs
+    for run in runs:
+        assert json.loads((study / run / "summary.json").read_text())["status"] == "finished"
+    assert (study / "results.md").exists()
