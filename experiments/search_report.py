@@ -164,8 +164,12 @@ def _whole_file(path: str, **kwargs):
             os.remove(tmp)
 
 
-def _labelled(ax, ylabel: str):
+def _labelled(ax, ylabel: str, log: bool = False):
+    """The axis with its label; ``log``: a log y-axis (a diverging trial's error near 1
+    would otherwise flatten every other curve), when every plotted value is positive."""
     ax.set_ylabel(ylabel)
+    if log and all(y > 0 for line in ax.get_lines() for y in line.get_ydata()):
+        ax.set_yscale("log")
     return ax
 
 
@@ -184,7 +188,7 @@ def plots(study: optuna.Study, study_dir: str) -> tuple[list[str], list[str]]:
             study, evaluator=FanovaImportanceEvaluator(seed=0)),
         "slice": lambda: vm.plot_slice(study, target_name="validation error"),
         "intermediate": lambda: _labelled(vm.plot_intermediate_values(study),
-                                          "validation error at each evaluation"),
+                                          "validation error at each evaluation (log)", log=True),
     }
     files, notes = [], []
     for name, make in makers.items():
