@@ -58,13 +58,12 @@ from experiments.study_plan import (
 )
 from experiments.sweep_console import Console, LogCopy, say
 from training import command_line, exits
+from training.launcher_lock import acquire_lock, release_lock
 from training.run_dir import (
-    acquire_lock,
     check_identity,
     checkpoint_dirs,
     read_summary,
     record_failure,
-    release_lock,
     write_json_atomic,
 )
 

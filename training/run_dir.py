@@ -1,7 +1,7 @@
 """The files of a run directory: config.json, metrics.jsonl, summary.json, TensorBoard events.
 
-Also what launchers read and hold there (``read_summary``, ``status_of``, the
-launcher's lock ``acquire_lock``): this module imports no JAX, so the sweep
+Also what launchers read there (``read_summary``, ``status_of``; their lock on
+a run is ``training.launcher_lock``): this module imports no JAX, so the sweep
 launcher stays light.
 
 Everything is JSON (never pickle) and written so that a kill at any moment
@@ -19,10 +19,8 @@ import json
 import math
 import os
 import secrets
-import socket
 import stat
 import sys
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -372,58 +370,3 @@ def read_summary(workdir: str) -> dict:
 def status_of(workdir: str) -> str | None:
     """The run's status (finished, diverged, failed, ...); None without a summary."""
     return read_summary(workdir).get("status")
-
-
-LAUNCHER_LOCK = ".lock"  # a launcher's claim on a run (the trainer's own is RunDir.LOCK)
-STALE_UNREADABLE_LOCK_S = 60
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def acquire_lock(workdir: str) -> bool:
-    """Takes RUN_DIR/.lock atomically for a launcher; a lock of a dead process is taken over.
-
-    So is the lock of an earlier attempt of this SLURM job (requeued, perhaps
-    from a node that died): SLURM runs one attempt of a job at a time.
-    """
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, LAUNCHER_LOCK)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
-          "slurm_job": os.environ.get("SLURM_JOB_ID")}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = read_json(path)
-                earlier_attempt = me["slurm_job"] and holder.get("slurm_job") == me["slurm_job"]
-                alive = not earlier_attempt and (holder.get("host") != me["host"]
-                                                 or _pid_alive(int(holder["pid"])))
-            except (OSError, ValueError, KeyError, TypeError):
-                alive = time.time() - os.path.getmtime(path) < STALE_UNREADABLE_LOCK_S
-            if alive:
-                return False
-            os.remove(path)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return True
-    return False
-
-
-def release_lock(workdir: str) -> None:
-    """Removes RUN_DIR/.lock if this process holds it."""
-    path = os.path.join(workdir, LAUNCHER_LOCK)
-    try:
-        if read_json(path).get("pid") == os.getpid():
-            os.remove(path)
-    except (OSError, ValueError):
-        pass
