@@ -77,6 +77,12 @@ def jobs_of(study):
     return json.loads((study / "slurm.json").read_text())["jobs"]
 
 
+def job_logs(study):
+    """The study's job logs (submitit's, in .slurm/), for a failing assertion's message."""
+    return "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                   for p in sorted((study / ".slurm").glob("*.out")))
+
+
 def test_detached_requeued_and_attached_the_study_ends_as_the_local_launcher_ends(
         cluster, tmp_path, tmp_path_factory):
     """Submit detached; interrupt both runs mid-way; the same command attaches.
@@ -117,7 +123,8 @@ def test_detached_requeued_and_attached_the_study_ends_as_the_local_launcher_end
 
     again = launch(cluster, study, "--sweep", "seed=0,1")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "[submitted]" not in again.stdout and jobs_of(study) == jobs
+    assert "[submitted]" not in again.stdout and jobs_of(study) == jobs, \
+        again.stdout + job_logs(study)
     assert "[finished] seed=0" in again.stdout and "[finished] seed=1" in again.stdout
     assert "sweep done: 2 finished" in again.stdout
     assert (study / "results.md").exists()
