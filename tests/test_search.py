@@ -2,7 +2,7 @@
 SQLite storage, real trainers on tiny digits runs.
 
 Two studies are searched once per session and shared between the tests (and the
-pytest-xdist workers): a random search of 6 trials, continued to 8 by two workers at
+pytest-xdist workers): a random search of 2 trials, continued to 4 by two workers at
 once; and a grid search with a median pruner whose first worker is SIGKILLed in the
 middle of its trial and whose rerun recovers that trial."""
 
@@ -26,6 +26,7 @@ REPO = search.REPO
 # (two programs fewer to compile per trial).
 TRIAL = {**TINY, "val_examples": "100", "layer_responses": "False", "dead_units": "False"}
 LR_SPACE = "optimizer.lr=loguniform(0.01,1)"
+FIRST, MORE = 2, 4  # the random study's trials: a first search, then the same command to MORE
 
 
 def search_cmd(study, *extra, **overrides):
@@ -66,11 +67,11 @@ def shared_study(tmp_path_factory, name, build):
 
 
 def _random_study(study):
-    """6 random trials, then the same command with --trials 8 by two workers at once."""
+    """FIRST random trials, then the same command with --trials MORE by two workers at once."""
     args = ["--sampler", "random", "--space", LR_SPACE]
-    first = _run(search_cmd(study, "--trials", "6", *args, checkpoint_every_steps=20))
+    first = _run(search_cmd(study, "--trials", str(FIRST), *args, checkpoint_every_steps=20))
     before = _snapshot(study)
-    procs = [subprocess.Popen(search_cmd(study, "--trials", "8", *args,
+    procs = [subprocess.Popen(search_cmd(study, "--trials", str(MORE), *args,
                                          checkpoint_every_steps=20), cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -123,8 +124,8 @@ def test_a_random_search_trains_ordinary_runs_holding_the_drawn_values(random_st
     study, result = random_study
     assert result["first"]["code"] == 0, result["first"]["stdout"] + result["first"]["stderr"]
     before = result["before"]
-    assert [t["state"] for t in before["trials"]] == ["COMPLETE"] * 6
-    assert len(before["runs"]) == 6
+    assert [t["state"] for t in before["trials"]] == ["COMPLETE"] * FIRST
+    assert len(before["runs"]) == FIRST
     for t in before["trials"]:
         run = study / t["run"]
         assert t["run"].startswith(f"trial={t['number']:04d},lr=")
@@ -155,7 +156,7 @@ def test_the_report_ranks_by_validation_and_gives_the_commands_and_plots(random_
         assert (study / f"{name}.png").stat().st_size > 0 and (study / f"{name}.svg").exists()
     csv_lines = (study / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("rank,run,trial,optimizer.lr,final val error")
-    assert len(csv_lines) == 1 + 8
+    assert len(csv_lines) == 1 + MORE
 
 
 def test_a_rerun_with_more_trials_adds_exactly_those_even_from_two_workers(random_study):
@@ -163,12 +164,12 @@ def test_a_rerun_with_more_trials_adds_exactly_those_even_from_two_workers(rando
     for w in result["workers"]:
         assert w["code"] == 0, w["stdout"] + w["stderr"]
     after = result["after"]
-    assert [t["state"] for t in after["trials"]] == ["COMPLETE"] * 8
-    assert [t["number"] for t in after["trials"]] == list(range(8))
-    assert len({t["params"]["optimizer.lr"] for t in after["trials"]}) == 8
+    assert [t["state"] for t in after["trials"]] == ["COMPLETE"] * MORE
+    assert [t["number"] for t in after["trials"]] == list(range(MORE))
+    assert len({t["params"]["optimizer.lr"] for t in after["trials"]}) == MORE
     started = "".join(w["stdout"] for w in result["workers"]).count("[start]")
-    assert started == 2  # two trials trained in all, none twice
-    assert len(after["runs"]) == 8
+    assert started == MORE - FIRST  # the missing trials trained once each, none twice
+    assert len(after["runs"]) == MORE
     for name, summary in result["before"]["runs"].items():
         assert after["runs"][name] == summary  # the first six were not touched
     for name in set(after["runs"]) - set(result["before"]["runs"]):
