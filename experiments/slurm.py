@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import getpass
 import os
 import shlex
 import signal
@@ -39,39 +38,14 @@ import time
 import filelock
 
 from experiments import slurm_options
+from experiments.slurm_queue import POLL_S, confirmed_queue, queue
 from experiments.study_plan import REPO, Pack, Run
 from experiments.sweep_console import Console, say
 from training.run_dir import read_json, read_summary, write_json_atomic
 
 RECORD = "slurm.json"  # run name -> job id, and the report's job
 FOLDER = ".slurm"  # submitit's pickles and the jobs' logs
-POLL_S = 2.0  # how often a waiting launcher asks squeue
-QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT",
-          "RESV_DEL_HOLD"}
-RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING",
-           "STAGE_OUT", "RESIZING"}
 DONE = ("finished", "diverged")
-
-
-def queue() -> dict[str, str]:
-    """This user's jobs in the queue: job id (``12_3``: an array's task) -> queued/running.
-
-    Asks for every state (``-t all``) and keeps the live ones: plain ``squeue``
-    leaves out a job whose base state has ended even while a flag says it is
-    being requeued (SLURM names the flag first: REQUEUED, COMPLETING), and a
-    launcher that looked then would take the job for gone and submit its run
-    again.
-    """
-    out = slurm_options.slurm_command("squeue", "-h", "-r", "-t", "all", "-u",
-                                      getpass.getuser(), "-o", "%i %T")
-    if out.returncode != 0:
-        raise ValueError(f"squeue failed: {slurm_options.last_error(out)}")
-    states = {}
-    for line in out.stdout.splitlines():
-        job, _, state = line.strip().partition(" ")
-        if state in QUEUED or state in RUNNING:
-            states[job] = "queued" if state in QUEUED else "running"
-    return states
 
 
 def _checkpointed(run: Run) -> bool:
@@ -215,16 +189,9 @@ class SlurmStudy:
         """Looks, submits what is neither done nor in the queue, then waits (or detaches)."""
         os.makedirs(os.path.join(self.study, FOLDER), exist_ok=True)
         with filelock.FileLock(os.path.join(self.study, ".slurm.lock")):
-            queued = queue()
+            queued = confirmed_queue(self.jobs[run.name] for run in runs if run.name in self.jobs
+                                     and read_summary(run.workdir).get("status") not in DONE)
             states = {run.name: self.state(run, queued) for run in runs}
-            if any(states[run.name][0] == "interrupted" and run.name in self.jobs
-                   for run in runs):
-                # A job of this study is gone with its run unfinished: look once more
-                # before submitting the run again (a job between two states, as in a
-                # requeue, can be missing from one look).
-                time.sleep(POLL_S)
-                queued = queue()
-                states = {run.name: self.state(run, queued) for run in runs}
             for run in runs:
                 state, detail = states[run.name]
                 if state != "new":
@@ -292,7 +259,6 @@ class SlurmStudy:
         offsets = {n: os.path.getsize(p) if os.path.exists(p) else 0 for n, p in logs.items()}
         started: dict[str, float] = {}
         pending = list(waiting)
-        missing: set[str] = set()  # runs whose job the last look did not find
         detached = []
 
         def detach(_signum, _frame):
@@ -306,7 +272,7 @@ class SlurmStudy:
         try:
             while pending and not detached:
                 try:
-                    queued = queue()
+                    queued = confirmed_queue(self.jobs[run.name] for run in pending)
                 except ValueError:  # Ctrl-C reached squeue too
                     if detached:
                         break
@@ -314,8 +280,6 @@ class SlurmStudy:
                 for run in list(pending):
                     job = self.jobs[run.name]
                     state = queued.get(job)
-                    if state is not None:
-                        missing.discard(run.name)
                     label = None if first_of_job[job] == run.name else ""
                     if state == "running" and run.name not in started:
                         started[run.name] = time.time()
@@ -325,8 +289,6 @@ class SlurmStudy:
                     elif state == "queued" and run.name in started:
                         started.pop(run.name)
                         say(f"[requeued] {run.name} (job {job})")
-                    elif state is None and run.name not in missing:
-                        missing.add(run.name)  # gone at two looks in a row: ended
                     elif state is None:
                         pending.remove(run)
                         result, detail = self._ended(run)
