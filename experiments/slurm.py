@@ -38,7 +38,7 @@ import time
 import filelock
 
 from experiments import slurm_options
-from experiments.slurm_queue import POLL_S, confirmed_queue, queue
+from experiments.slurm_queue import POLL_S, confirmed_queue, ended, queue
 from experiments.study_plan import REPO, Pack, Run
 from experiments.sweep_console import Console, say
 from training.run_dir import read_json, read_summary, write_json_atomic
@@ -106,7 +106,9 @@ class SlurmStudy:
         if status == "failed":
             return "failed", str(summary.get("error") or "")
         if job is not None or _checkpointed(run):
-            return "interrupted", "resumes from its checkpoint" if _checkpointed(run) else ""
+            said = [ended(job)] if job is not None else []
+            return "interrupted", "; ".join(
+                said + ["resumes from its checkpoint"] * _checkpointed(run))
         return "new", ""
 
     def show(self, runs: list[Run] | None = None) -> int:
@@ -326,7 +328,7 @@ class SlurmStudy:
         if status == "failed":
             return "failed", str(summary.get("error") or "")
         log = os.path.join(self.study, FOLDER)
-        return "interrupted", (f"job {self.jobs[run.name]} left the queue unfinished "
+        return "interrupted", (f"{ended(self.jobs[run.name])}; left the queue unfinished "
                                f"(cancelled, or out of requeues; its log: {log}): run the "
                                "command again to resume")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import secrets
 import shutil
 import socket
@@ -174,6 +175,17 @@ PartitionName=remote Nodes=ghost MaxTime=INFINITE State=UP
         """Lines 'ID STATE' of the jobs in the queue (every array task on its own)."""
         out = self.run("squeue", "-h", "-r", "-o", "%i %T")
         return out.stdout.split("\n")[:-1] if out.stdout else []
+
+    def controller_log(self, jobs: list[str]) -> list[str]:
+        """The controller's log lines about these jobs (``12_3``: its array's lines too)."""
+        bases = {job.split("_")[0] for job in jobs}
+        ids = "|".join(sorted(bases))
+        pattern = re.compile(rf"\bjob(id=|[ _])?({ids})(?!\d)", re.IGNORECASE)
+        try:
+            with open(os.path.join(self.directory, "slurmctld.log"), errors="replace") as f:
+                return [line.rstrip() for line in f if pattern.search(line)]
+        except OSError as e:
+            return [f"(no controller log: {e})"]
 
     def stop(self) -> None:
         """Stops the daemons (by their pid files; jobs still running are killed with slurmd)."""

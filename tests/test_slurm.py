@@ -29,7 +29,7 @@ from conftest import (
     without_timing,
 )
 
-from experiments import sweep
+from experiments import slurm_queue, sweep
 
 CONFIG = "configs/digits.py:resnet-14"
 TINY_ARGS = [f"--config.{k}={v}" for k, v in TINY.items()]
@@ -77,10 +77,20 @@ def jobs_of(study):
     return json.loads((study / "slurm.json").read_text())["jobs"]
 
 
-def job_logs(study):
-    """The study's job logs (submitit's, in .slurm/), for a failing assertion's message."""
-    return "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                   for p in sorted((study / ".slurm").glob("*.out")))
+def job_logs(study, cluster, jobs, lines=30):
+    """For a failing assertion's message, short enough to survive a cut CI log: what SLURM
+    says of the jobs now, and the last lines of each job's log (submitit's)."""
+    said = [cluster.run("scontrol", "show", "job", "--oneliner", job).stdout.split()
+            for job in sorted(set(jobs))]
+    keep = ("JobId=", "ArrayTaskId=", "JobState=", "Reason=", "ExitCode=", "Restarts=",
+            "SubmitTime=", "StartTime=", "EndTime=")
+    text = "\n--- scontrol: " + "\n--- scontrol: ".join(
+        " ".join(f for f in fields if f.startswith(keep)) for fields in said)
+    text += "\n--- the controller's log\n" + "\n".join(cluster.controller_log(jobs)[-40:])
+    for log in sorted((study / ".slurm").glob("*.out")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        text += f"\n--- {log.name} (last {lines} lines)\n" + "\n".join(tail)
+    return text + "\n--- the launcher's output\n"
 
 
 def test_detached_requeued_and_attached_the_study_ends_as_the_local_launcher_ends(
@@ -116,15 +126,22 @@ def test_detached_requeued_and_attached_the_study_ends_as_the_local_launcher_end
         assert cluster.run(*interrupt, jobs[f"seed={seed}"]).returncode == 0
     for seed in interrupts:
         job = jobs[f"seed={seed}"]
-        # SLURM holds a requeued job for a while (BeginTime); let it start again at once.
+        # SLURM holds a requeued job for a while (BeginTime), long enough for the last
+        # attempt's batch step to end; here it starts again at once, but only once that
+        # step is gone (a late end of the last attempt must not meet the next one).
         wait_until(lambda j=job: f"{j} PENDING" in cluster.jobs(), timeout=120,
                    what=f"the job of seed={seed} requeued")
+        raw = cluster.run("squeue", "-h", "-r", "-j", job, "-o", "%A").stdout.strip()
+        wait_until(lambda r=raw: subprocess.run(
+            ["pgrep", "-f", rf"slurmstepd: \[{r}\.batch\]"], capture_output=True).returncode != 0,
+            timeout=120, what=f"the last attempt of seed={seed}'s job to end")
         assert cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now").returncode == 0
 
     again = launch(cluster, study, "--sweep", "seed=0,1")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "[submitted]" not in again.stdout and jobs_of(study) == jobs, \
-        again.stdout + job_logs(study)
+    assert "[submitted]" not in again.stdout and jobs_of(study) == jobs, (
+        job_logs(study, cluster, [*jobs.values(), *jobs_of(study).values()])
+        + again.stdout[:2000])
     assert "[finished] seed=0" in again.stdout and "[finished] seed=1" in again.stdout
     assert "sweep done: 2 finished" in again.stdout
     assert (study / "results.md").exists()
@@ -163,7 +180,38 @@ def test_a_two_task_job_joins_through_slurm_and_trains_what_one_process_trains(
     steps = [line["step"] for line in read_metrics(study / "run")]
     assert steps == sorted(set(steps))  # one writer: process 0
     status = launch(cluster, study, "--slurm", "ntasks=2", "--status", env=env)
-    assert status.returncode == 0 and "[interrupted] run" in status.stdout, status.stdout
+    assert status.returncode == 0, status.stdout + status.stderr
+    # What SLURM last said of the job (the test cluster forgets an ended job after 2 s).
+    assert any(f"[interrupted] run (job {job}: {said}" in status.stdout
+               for said in ("CANCELLED, exit ", "SLURM no longer knows it")), status.stdout
+
+
+def test_a_job_missing_from_two_looks_at_the_queue_is_asked_for_alone(monkeypatch):
+    """Only a job that squeue misses twice and `scontrol show job` no longer holds live is
+    gone; what SLURM last said of it is the launcher's detail (SLURM's own output here)."""
+    calls = []
+    said = {"squeue": "2_0 RUNNING\n3 PENDING\n",
+            "2_1": "JobId=2 ArrayJobId=2 ArrayTaskId=1 JobState=PENDING Reason=BeginTime "
+                   "Restarts=1 ExitCode=0:0\n",
+            "7": "JobId=7 JobName=sweep:s JobState=FAILED Reason=NonZeroExitCode "
+                 "ExitCode=1:0\n"}
+
+    def slurm_command(name, *args, timeout=60):
+        calls.append(name)
+        out = said["squeue"] if name == "squeue" else said.get(args[-1], "")
+        return subprocess.CompletedProcess([name, *args], 0 if out else 1, out,
+                                           "" if out else "Invalid job id specified")
+
+    monkeypatch.setattr(slurm_queue.slurm_options, "slurm_command", slurm_command)
+    monkeypatch.setattr(slurm_queue, "POLL_S", 0)
+    assert slurm_queue.confirmed_queue(["2_0", "3"]) == {"2_0": "running", "3": "queued"}
+    assert calls == ["squeue"]  # nothing missing: one look
+    calls.clear()
+    queued = slurm_queue.confirmed_queue(["2_0", "2_1", "7", "8"])
+    assert queued == {"2_0": "running", "3": "queued", "2_1": "queued"}
+    assert calls == ["squeue", "squeue", "scontrol", "scontrol", "scontrol"]
+    assert slurm_queue.ended("7") == "job 7: FAILED, exit 1:0, NonZeroExitCode"
+    assert slurm_queue.ended("8") == "job 8: SLURM no longer knows it"
 
 
 @pytest.mark.parametrize("case,extra,message", [
