@@ -26,6 +26,7 @@ def abstract(**cfg):
 @pytest.mark.parametrize("cfg,params", [
     (dict(family="alexnet", depth=8, layout="torchvision"), 61_100_840),
     (dict(family="vgg", depth=11), 132_863_336),
+    (dict(family="vgg", depth=13), 133_047_848),
     (dict(family="vgg", depth=16), 138_357_544),
     (dict(family="vgg", depth=19), 143_667_240),
     (dict(family="vgg", depth=19, bn=True), 143_678_248),
@@ -34,6 +35,8 @@ def abstract(**cfg):
     (dict(family="squeezenet", depth=18, version="1.1"), 1_235_496),
     (dict(family="densenet", depth=121), 7_978_856),
     (dict(family="densenet", depth=169), 14_149_480),
+    (dict(family="densenet", depth=201), 20_013_928),
+    (dict(family="densenet", depth=161), 28_681_000),
     (dict(family="resnext", depth=50, scan_blocks=True), 25_028_904),
     (dict(family="resnext", depth=101, cardinality=32, group_width=8, scan_blocks=True),
      88_791_336),
