@@ -18,7 +18,7 @@ import optuna
 import pytest
 from conftest import TINY, _shared_root, read_metrics, wait_until
 
-from experiments import search, search_report, search_space, search_study
+from experiments import search, search_report, search_space, search_study, search_trial
 from training import command_line
 
 REPO = search.REPO
@@ -213,6 +213,31 @@ def test_the_median_pruner_stops_a_hopeless_trial_at_its_evaluation(pruned_study
     assert sorted(os.listdir(run / "checkpoints")) == ["10"]
     assert "saved 90 of 200 training steps" in (study / "results.md").read_text()
     assert "[pruned] trial=0002,lr=50" in result["rerun"]["stdout"]
+
+
+def test_the_asha_pruner_keeps_the_best_third_at_rungs_of_the_first_evaluation_times_three():
+    """``--pruner asha`` as the search builds it (rungs at the first evaluation's step x 3^k),
+    on trials that report as the trainers do; the trainers' side is the median test's."""
+    study = optuna.create_study(direction="minimize",
+                                pruner=search_study.make_pruner("asha", None, first_eval=40))
+    pruned = []
+    for errors in ({40: 0.10, 80: 0.09, 120: 0.08}, {40: 0.50}, {40: 0.05, 80: 0.90},
+                   {40: 0.60}, {40: 0.04, 80: 0.06, 120: 0.30}):
+        trial = study.ask()
+        for step, error in errors.items():
+            trial.report(error, step)
+            if trial.should_prune():
+                pruned.append((trial.number, step))
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, error)
+    # Rung 40: a trial goes on if among the best third (at least the best one) of the values
+    # reported there; 80 is no rung, so the third trial's 90% there is not judged; rung 120:
+    # the fifth trial's 30% is not the best of 8% and 30%.
+    assert pruned == [(1, 40), (3, 40), (4, 120)]
+    reason = search_trial.prune_reason(study, "asha", 40, 0.5)
+    assert reason.startswith("ASHA pruner: validation error 50.00% at step 40")
 
 
 def test_a_killed_workers_trial_is_resumed_not_lost_or_counted_twice(pruned_study):
