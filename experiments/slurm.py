@@ -39,13 +39,12 @@ import filelock
 
 from experiments import slurm_options
 from experiments.slurm_queue import POLL_S, confirmed_queue, ended, queue
-from experiments.study_plan import REPO, Pack, Run
+from experiments.study_plan import DONE, REPO, Pack, Run
 from experiments.sweep_console import Console, say
 from training.run_dir import read_json, read_summary, write_json_atomic
 
 RECORD = "slurm.json"  # run name -> job id, and the report's job
 FOLDER = ".slurm"  # submitit's pickles and the jobs' logs
-DONE = ("finished", "diverged")
 
 
 def _checkpointed(run: Run) -> bool:

@@ -26,6 +26,7 @@ from training import command_line
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_NAME = 120
+DONE = ("finished", "diverged")  # a run in either state is not trained again
 
 
 @dataclass

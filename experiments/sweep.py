@@ -46,6 +46,7 @@ import time
 from experiments import pack_size
 from experiments.slurm_options import KEYS as SLURM_KEYS
 from experiments.study_plan import (
+    DONE,
     MAX_NAME,
     REPO,
     Pack,
@@ -67,9 +68,8 @@ from training.run_dir import (
     write_json_atomic,
 )
 
-__all__ = ["MAX_NAME", "REPO", "Launcher", "acquire_lock", "expand", "main", "plan",
+__all__ = ["DONE", "MAX_NAME", "REPO", "Launcher", "acquire_lock", "expand", "main", "plan",
            "release_lock", "run_name"]
-DONE = ("finished", "diverged")
 HAS_PARENT_DEATH_SIGNAL = sys.platform.startswith("linux")  # see exits.die_with_parent
 STOPPED = {*exits.EXIT_INTERRUPTED.values(), *(-int(s) for s in exits.EXIT_INTERRUPTED)}
 

@@ -17,11 +17,13 @@ and ``munge`` (``.ci/run`` installs them).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -188,7 +190,10 @@ PartitionName=remote Nodes=ghost MaxTime=INFINITE State=UP
             return [f"(no controller log: {e})"]
 
     def stop(self) -> None:
-        """Stops the daemons (by their pid files; jobs still running are killed with slurmd)."""
+        """Stops the daemons (by their pid files; jobs still running are killed with slurmd).
+
+        A daemon still up after 10 s (slurmd waiting on a job that is being cancelled) is
+        killed, so no cluster outlives its session."""
         pids = []
         for name in ("slurmd.pid", "slurmctld.pid", os.path.join("munge", "munged.pid")):
             try:
@@ -202,6 +207,9 @@ PartitionName=remote Nodes=ghost MaxTime=INFINITE State=UP
         for pid in pids:
             while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.05)
+            if _alive(pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
