@@ -48,14 +48,6 @@ from data import feeds  # noqa: E402
 from data.device import replicate  # noqa: E402
 from training import command_line, parallel, programs, schedule, steps  # noqa: E402
 
-
-def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: one worker more than the cores (at most 4, ``--maxprocesses``). Many tests
-    wait on trainer subprocesses, SLURM or the clock, so one worker per core leaves the
-    cores partly idle."""
-    return (os.cpu_count() or 1) + 1
-
-
 TINY = {  # depth 14: two blocks per stage, so the scanned-blocks path runs too
     "model.depth": "14",
     "model.widths": "(4,8,16)",

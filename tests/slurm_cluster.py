@@ -113,7 +113,9 @@ SchedulerType=sched/builtin
 JobRequeue=1
 ReturnToService=2
 MinJobAge=2
-KillWait=30
+# SIGTERM to SIGKILL: a trainer on a loaded machine may need more than SLURM's default 30 s
+# to reach its next step and checkpoint there.
+KillWait=120
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none

@@ -129,12 +129,12 @@ def test_detached_requeued_and_attached_the_study_ends_as_the_local_launcher_end
         # SLURM holds a requeued job for a while (BeginTime), long enough for the last
         # attempt's batch step to end; here it starts again at once, but only once that
         # step is gone (a late end of the last attempt must not meet the next one).
-        wait_until(lambda j=job: f"{j} PENDING" in cluster.jobs(), timeout=120,
+        wait_until(lambda j=job: f"{j} PENDING" in cluster.jobs(), timeout=300,
                    what=f"the job of seed={seed} requeued")
         raw = cluster.run("squeue", "-h", "-r", "-j", job, "-o", "%A").stdout.strip()
         wait_until(lambda r=raw: subprocess.run(
             ["pgrep", "-f", rf"slurmstepd: \[{r}\.batch\]"], capture_output=True).returncode != 0,
-            timeout=120, what=f"the last attempt of seed={seed}'s job to end")
+            timeout=300, what=f"the last attempt of seed={seed}'s job to end")
         assert cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now").returncode == 0
 
     again = launch(cluster, study, "--sweep", "seed=0,1")
@@ -172,7 +172,7 @@ def test_a_two_task_job_joins_through_slurm_and_trains_what_one_process_trains(
     job = jobs_of(study)["run"]
     assert cancelled.stdout.startswith(f"cancelled 1 job: {job} ")
     wait_until(lambda: not [line for line in cluster.jobs() if line.startswith(f"{job} ")],
-               timeout=120, what="the cancelled job to leave the queue")
+               timeout=300, what="the cancelled job to leave the queue")
     first = read_metrics(study / "run")[0]
     reference = read_metrics(tiny_run(tmp_path_factory)[0])[0]
     assert first["step"] == reference["step"] == 5
