@@ -7,6 +7,7 @@ trained, missing files accepted silently, tracebacks, misleading statuses.
 """
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -49,7 +50,8 @@ def _errors(capsys):
 
 @pytest.mark.parametrize("damage", ["emptied", "stray"])
 def test_an_empty_or_stray_step_directory_is_moved_aside_and_the_run_resumes(
-        stopped, tmp_path_factory, capsys, damage):
+        stopped, tmp_path_factory, capsys, caplog, damage):
+    caplog.set_level(logging.WARNING, logger="absl")  # absl's lines reach train.py's stderr
     if damage == "emptied":  # the newest step directory, emptied
         bad = stopped / "checkpoints" / "20"
         for child in bad.iterdir():
@@ -62,6 +64,8 @@ def test_an_empty_or_stray_step_directory_is_moved_aside_and_the_run_resumes(
     assert train.main(tiny_argv(stopped)) == 0
     err = _errors(capsys)  # one line: no absl warning before it, no traceback
     assert len(err) == 1 and err[0].startswith(f"warning: checkpoint {bad.name} does not restore")
+    said = [r.getMessage() for r in caplog.records if r.name == "absl"]
+    assert not [m for m in said if "read only" in m or "read_only" in m], said  # the probe's
     assert (stopped / checkpoints.DAMAGED_DIR / bad.name).is_dir()  # kept, not deleted
     shared = tiny_run(tmp_path_factory)[0]
     assert without_timing(read_metrics(stopped)) == without_timing(read_metrics(shared))

@@ -108,14 +108,14 @@ class Checkpointer:
     def _restore_alone(self, step: int, like: Any) -> Any:
         """``restore(step, like)`` through a fresh, read-only manager (this one stays clean)."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        reader = ocp.CheckpointManager(
-            os.path.join(self.workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(create=False, read_only=True))
-        try:
-            with _quiet_orbax():
+        with _quiet_orbax():  # a read-only manager warns that it is read-only, twice
+            reader = ocp.CheckpointManager(
+                os.path.join(self.workdir, "checkpoints"),
+                options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+            try:
                 return reader.restore(step, args=ocp.args.StandardRestore(abstract))
-        finally:
-            reader.close()
+            finally:
+                reader.close()
 
     def _reopen(self) -> None:
         """A new manager over the directory, once damaged checkpoints were moved out of it."""
