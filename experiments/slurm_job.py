@@ -31,7 +31,7 @@ import time
 import submitit
 
 from experiments import sweep
-from experiments.study_plan import REPO, Pack
+from experiments.study_plan import DONE, REPO, Pack
 from training.run_dir import status_of
 
 
@@ -85,7 +85,7 @@ class TrainerJob(submitit.helpers.Checkpointable):
 
     def _other_task(self) -> dict[str, str]:
         """Task k > 0: the same trainer command (the runs task 0 trains: those not done)."""
-        runs = [run for run in self.pack.runs if status_of(run.workdir) not in sweep.DONE]
+        runs = [run for run in self.pack.runs if status_of(run.workdir) not in DONE]
         if not runs:
             return {}
         env = sweep.trainer_env([], 1, 0)  # it dies with this process

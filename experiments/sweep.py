@@ -68,7 +68,7 @@ from training.run_dir import (
     write_json_atomic,
 )
 
-__all__ = ["DONE", "MAX_NAME", "REPO", "Launcher", "acquire_lock", "expand", "main", "plan",
+__all__ = ["MAX_NAME", "REPO", "Launcher", "acquire_lock", "expand", "main", "plan",
            "release_lock", "run_name"]
 HAS_PARENT_DEATH_SIGNAL = sys.platform.startswith("linux")  # see exits.die_with_parent
 STOPPED = {*exits.EXIT_INTERRUPTED.values(), *(-int(s) for s in exits.EXIT_INTERRUPTED)}
