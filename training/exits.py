@@ -61,10 +61,12 @@ class WriteFailed(RuntimeError):
     """A metrics line or checkpoint could not be written (disk full, quota, lost mount)."""
 
     def __init__(self, what: str, step: int, err: BaseException, last_checkpoint: int | None):
+        self.last_checkpoint = last_checkpoint
+        after = (f"the last complete checkpoint (step {last_checkpoint}) is intact: free space "
+                 "and run again to resume" if last_checkpoint is not None else
+                 "no checkpoint was complete yet: free space and run again to start over")
         super().__init__(f"cannot write the {what} (training stopped at step {step}: "
-                         f"{first_line(err)}); the last complete checkpoint "
-                         f"({_checkpoint_text(last_checkpoint)}) is intact: free space and "
-                         "run again to resume")
+                         f"{first_line(err)}); {after}")
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:
