@@ -127,15 +127,17 @@ def test_detached_requeued_and_attached_the_study_ends_as_the_local_launcher_end
     for seed in interrupts:
         job = jobs[f"seed={seed}"]
         # SLURM holds a requeued job for a while (BeginTime), long enough for the last
-        # attempt's batch step to end; here it starts again at once, but only once that
-        # step is gone (a late end of the last attempt must not meet the next one).
+        # attempt's batch step to end; here it starts again soon, but only once that step
+        # is gone (a late end of the last attempt must not meet the next one), and in a later
+        # second than the old attempt's credential was revoked: slurmd compares the two to
+        # the second and kills a new attempt started within it ("Job credential revoked").
         wait_until(lambda j=job: f"{j} PENDING" in cluster.jobs(), timeout=300,
                    what=f"the job of seed={seed} requeued")
         raw = cluster.run("squeue", "-h", "-r", "-j", job, "-o", "%A").stdout.strip()
         wait_until(lambda r=raw: subprocess.run(
             ["pgrep", "-f", rf"slurmstepd: \[{r}\.batch\]"], capture_output=True).returncode != 0,
             timeout=300, what=f"the last attempt of seed={seed}'s job to end")
-        assert cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now").returncode == 0
+        assert cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now+2").returncode == 0
 
     again = launch(cluster, study, "--sweep", "seed=0,1")
     assert again.returncode == 0, again.stdout + again.stderr
