@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import filelock
 import numpy as np
@@ -129,15 +130,18 @@ def test_detached_requeued_and_attached_the_study_ends_as_the_local_launcher_end
         # SLURM holds a requeued job for a while (BeginTime), long enough for the last
         # attempt's batch step to end; here it starts again soon, but only once that step
         # is gone (a late end of the last attempt must not meet the next one), and in a later
-        # second than the old attempt's credential was revoked: slurmd compares the two to
-        # the second and kills a new attempt started within it ("Job credential revoked").
+        # second than the old attempt's credential was revoked (before that step ended):
+        # slurmd compares the two to the second and kills a new attempt started within it
+        # ("Job credential revoked"). StartTime=now, not now+N: that would wait for
+        # the scheduler's next periodic pass.
         wait_until(lambda j=job: f"{j} PENDING" in cluster.jobs(), timeout=300,
                    what=f"the job of seed={seed} requeued")
         raw = cluster.run("squeue", "-h", "-r", "-j", job, "-o", "%A").stdout.strip()
         wait_until(lambda r=raw: subprocess.run(
             ["pgrep", "-f", rf"slurmstepd: \[{r}\.batch\]"], capture_output=True).returncode != 0,
             timeout=300, what=f"the last attempt of seed={seed}'s job to end")
-        assert cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now+2").returncode == 0
+        time.sleep(1.1)
+        assert cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now").returncode == 0
 
     again = launch(cluster, study, "--sweep", "seed=0,1")
     assert again.returncode == 0, again.stdout + again.stderr
