@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 from training import exits
 from training.run_dir import checkpoint_dirs
@@ -178,6 +179,26 @@ def _quiet_orbax():
         yield
     finally:
         logger.setLevel(level)
+
+
+def _one_replica_writes() -> None:
+    """One replica writes each array, as Orbax itself does on GPUs.
+
+    Orbax's default elsewhere (CPU, TPU) splits an array replicated on N
+    devices into N slices, one per replica, each cut by an eager op on the
+    training thread while it waits; the training state is replicated over the
+    whole data-parallel mesh, so every save paid that for every array. The
+    same arrays are written, and checkpoints of either kind restore. Orbax's
+    default handler otherwise (its array metadata store) is kept.
+    """
+    with _quiet_orbax():  # Orbax warns of the override
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(
+                use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()),
+            override=True)
+
+
+_one_replica_writes()
 
 
 def restore_subtrees(workdir: str | os.PathLike, step: int, like: dict[str, Any]) -> dict:
