@@ -91,7 +91,7 @@ def test_two_processes_train_what_one_process_with_the_same_devices_trains(tmp_p
 
 def test_a_killed_process_ends_the_job_and_a_restart_resumes(tmp_path):
     workdir = tmp_path / "run"
-    pair = start_pair(workdir, 100_000, heartbeat=10)  # far more steps than it will get to
+    pair = start_pair(workdir, 100_000, heartbeat=5)  # far more steps than it will get to
     # Wait for the first checkpoint, then kill process 1 mid-training.
     ckpt = workdir / "checkpoints"
     wait_until(lambda: ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()),
