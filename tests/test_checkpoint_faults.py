@@ -25,8 +25,8 @@ from training import checkpoints, exits, parallel, run_dir, steps, tb_events
 
 
 def test_a_checkpoint_written_by_every_replica_restores_what_one_replica_wrote(tmp_path):
-    """One replica writes each array (``checkpoints._one_replica_writes``); checkpoints that
-    Orbax's default wrote, each replica a slice, restore to the same arrays and shardings."""
+    """One replica writes each small array (``checkpoints._whole_small_arrays``); checkpoints
+    that Orbax's default wrote, each replica a slice, restore to the same arrays."""
     state = replicate(steps.create_train_state(tiny_config()), parallel.make_mesh())
     try:
         ocp.type_handlers.register_type_handler(
@@ -35,7 +35,7 @@ def test_a_checkpoint_written_by_every_replica_restores_what_one_replica_wrote(t
         every.save(0, state)
         every.manager.wait_until_finished()
     finally:
-        checkpoints._one_replica_writes()
+        checkpoints._whole_small_arrays()
     one = checkpoints.Checkpointer(tmp_path / "one", 1)
     one.save(0, state)
     one.manager.wait_until_finished()
