@@ -5,9 +5,6 @@ import os
 import shutil
 import subprocess
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from conftest import (
     copy_run,
@@ -20,29 +17,7 @@ from conftest import (
 )
 
 import train
-from data.device import replicate
-from training import checkpoints, exits, parallel, run_dir, steps, tb_events
-
-
-def test_a_checkpoint_written_by_every_replica_restores_what_one_replica_wrote(tmp_path):
-    """One replica writes each small array (``checkpoints._whole_small_arrays``); checkpoints
-    that Orbax's default wrote, each replica a slice, restore to the same arrays."""
-    state = replicate(steps.create_train_state(tiny_config()), parallel.make_mesh())
-    try:
-        ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=True), override=True)
-        every = checkpoints.Checkpointer(tmp_path / "every", 1)
-        every.save(0, state)
-        every.manager.wait_until_finished()
-    finally:
-        checkpoints._whole_small_arrays()
-    one = checkpoints.Checkpointer(tmp_path / "one", 1)
-    one.save(0, state)
-    one.manager.wait_until_finished()
-    for got in (checkpoints.Checkpointer(tmp_path / d, 1).restore(0, state)
-                for d in ("every", "one")):
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(state), strict=True):
-            assert a.sharding == b.sharding and np.array_equal(np.asarray(a), np.asarray(b))
+from training import checkpoints, exits, run_dir, tb_events
 
 
 def _argv(workdir):
