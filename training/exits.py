@@ -61,7 +61,6 @@ class WriteFailed(RuntimeError):
     """A metrics line or checkpoint could not be written (disk full, quota, lost mount)."""
 
     def __init__(self, what: str, step: int, err: BaseException, last_checkpoint: int | None):
-        self.last_checkpoint = last_checkpoint
         after = (f"the last complete checkpoint (step {last_checkpoint}) is intact: free space "
                  "and run again to resume" if last_checkpoint is not None else
                  "no checkpoint was complete yet: free space and run again to start over")
