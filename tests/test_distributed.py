@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import wait_until
+from conftest import wait_until, xla_flags
 
 import train
 from training import distributed
@@ -40,11 +40,7 @@ def free_port():
 
 
 def env_with_devices(n):
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
-    return env
+    return {**os.environ, "XLA_FLAGS": xla_flags(n)}
 
 
 def train_cmd(workdir, num_steps, *extra):

@@ -348,11 +348,13 @@ def test_a_scanned_network_computes_what_the_unrolled_one_does(plain):
     features = nnx.jit(lambda model, x: model(x, return_features=True))
     la, fa = features(unrolled, x)
     lb, fb = features(scanned, x)
+    # Two programs: float32 sums may be ordered differently (more so by the suite's fast-
+    # compiling XLA:CPU emitters, conftest), and a plain net carries that to every block.
     np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-5)
     for key in ("block_outputs", "branch_responses"):
         assert len(fa[key]) == len(fb[key]) == 9
         for a, b in zip(fa[key], fb[key], strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # The last block of stage 3 is the second entry of its stack.
     a_block, b_stack = unrolled.stages[2].blocks[2], scanned.stages[2].repeated
     np.testing.assert_allclose(a_block.unit1.bn.mean[...], b_stack.unit1.bn.mean[...][1],

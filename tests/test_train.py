@@ -21,6 +21,7 @@ from conftest import (
     train_cmd,
     wait_until,
     without_timing,
+    xla_flags,
 )
 
 import train
@@ -196,8 +197,7 @@ def _losses(workdir, batch_norm, devices=None):
         assert jax.device_count() == 4
         train.train_and_evaluate(tiny_config(batch_norm=batch_norm, **SHORT), str(workdir))
     else:
-        env = {**os.environ,
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        env = {**os.environ, "XLA_FLAGS": xla_flags(devices)}
         out = subprocess.run(train_cmd(workdir, *(f"--config.{k}={v}" for k, v in SHORT.items()),
                                        f"--config.batch_norm={batch_norm}"),
                              env=env, capture_output=True, text=True)
