@@ -44,9 +44,11 @@ def test_published_bottleneck_depths_default_to_bottleneck_blocks_and_projection
 
 
 def test_imagenet_nets_with_the_cifar_stem_keep_32x32_detail():
-    model = models.build_model(dict(family="imagenet", depth=18, stem="cifar"))
+    model = nnx.eval_shape(lambda: models.build_model(dict(family="imagenet", depth=18,
+                                                           stem="cifar")))  # shapes only
     model.eval()
-    _, feats = model(jnp.zeros((1, 32, 32, 3)), return_features=True)
+    _, feats = nnx.eval_shape(lambda m, x: m(x, return_features=True), model,
+                              jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
     assert [f.shape[1:3] for f in feats["block_outputs"][::2]] == [(32, 32), (16, 16), (8, 8),
                                                                    (4, 4)]
     assert model.stem.conv.kernel.shape == (3, 3, 3, 64)
@@ -104,7 +106,8 @@ def test_plain_preactivation_net_has_the_residual_nets_layers():
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     res.eval()
     plain.eval()
-    assert not np.allclose(res(x), plain(x))
+    forward = nnx.jit(lambda m, x: m(x))  # one program, not one per op
+    assert not np.allclose(forward(res, x), forward(plain, x))
 
 
 @pytest.mark.parametrize("cfg", [dict(preact=True), dict(depth=29, block="bottleneck",
@@ -149,7 +152,8 @@ def test_stochastic_depth_keeps_or_drops_the_whole_branch_and_scales_it_at_test_
 def test_scanned_stochastic_depth_draws_what_the_unrolled_net_draws():
     unrolled, scanned = unrolled_and_scanned(stochastic_depth=True, survival_last=0.2)
     x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
-    outs = [[np.asarray(m(x, rng=jax.random.key(k))) for k in range(4)]
+    forward = nnx.jit(lambda m, x, rng: m(x, rng=rng))  # one program, not one per op
+    outs = [[np.asarray(forward(m, x, jax.random.key(k))) for k in range(4)]
             for m in (unrolled, scanned)]
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-5)
     assert not np.allclose(outs[0][0], outs[0][1])  # different keys, different draws
@@ -235,7 +239,7 @@ def test_prelu_slopes_are_learned_per_channel():
     slope = model.stages[0].blocks[0].act1.prelu_slope
     assert slope[...].shape == (4,)
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
-    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
+    grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) ** 2)))(model)  # one program
     assert np.any(grads["stages"][0]["blocks"][0]["act1"]["prelu_slope"][...] != 0)
 
 
@@ -243,10 +247,12 @@ def test_dropout_before_the_classifier_only_in_training():
     model = models.build_model(dict(family="cifar", depth=8, widths=(4, 8, 16), in_channels=1,
                                     head_dropout=0.5))
     x = jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
-    a, b = model(x, rng=jax.random.key(1)), model(x, rng=jax.random.key(2))
+    forward = nnx.jit(lambda m, x, rng: m(x, rng=rng))  # one program, not one per op
+    a, b = forward(model, x, jax.random.key(1)), forward(model, x, jax.random.key(2))
     assert not np.allclose(a, b)
     model.eval()
-    np.testing.assert_allclose(model(x), model(x, rng=jax.random.key(1)))
+    np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(model, x),
+                               forward(model, x, jax.random.key(1)))
 
 
 @pytest.mark.parametrize(
