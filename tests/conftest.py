@@ -2,7 +2,8 @@
 
 The environment is set before JAX initialises. Tests use tiny models and few
 steps, where XLA compile time dominates, so most compiler optimisations are
-switched off, and every process of the suite (pytest-xdist workers and the
+switched off (and XLA:CPU's faster-compiling emitters chosen where jaxlib has
+them, ``xla_flags``), and every process of the suite (pytest-xdist workers and the
 ``train.py`` subprocesses they start, which inherit these variables) shares
 one persistent compilation cache (``training.compile_cache``), in a
 directory of its own beside the users' one: each program is compiled once

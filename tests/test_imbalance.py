@@ -1,10 +1,13 @@
 """Tests of class imbalance: the subset, re-sampling, re-weighting and per-class test error."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import read_metrics, tiny_config
+from flax import nnx
 
 import train
 from data import datasets, sampling, statistics
@@ -64,18 +67,20 @@ def test_the_reweighted_loss_equals_a_hand_computation():
     x = jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32)
     y = jnp.asarray([0, 1, 1, 3, 9, 9, 2, 0], jnp.int32)
     batch = {"image": x, "label": y}
-    loss, _ = steps.loss_fn(state.params, state, batch, jax.random.key(0), config=c,
-                            class_weights=weights)
+    # Each a compiled program, not op by op.
+    loss, _ = jax.jit(functools.partial(steps.loss_fn, config=c, class_weights=weights))(
+        state.params, state, batch, jax.random.key(0))
 
     model = state.model(train=True)
-    logits = np.asarray(model(x), np.float64)
+    logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, x), np.float64)
     log_p = logits - logits.max(1, keepdims=True)
     log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
     nll = -log_p[np.arange(8), np.asarray(y)]
     w = counts.sum() / (10 * counts)  # N / (K n_c)
     expected = np.mean(w[np.asarray(y)] * nll)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-    unweighted, _ = steps.loss_fn(state.params, state, batch, jax.random.key(0), config=c)
+    unweighted, _ = jax.jit(functools.partial(steps.loss_fn, config=c))(
+        state.params, state, batch, jax.random.key(0))
     np.testing.assert_allclose(float(unweighted), nll.mean(), rtol=1e-5)
     assert abs(expected - nll.mean()) > 1e-2  # the weights matter on this batch
 

@@ -184,7 +184,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
     model = small_cifar(dtype="bfloat16")
     params = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert all(p.dtype == jnp.float32 for p in params)
-    logits, feats = model(jnp.ones((2, 8, 8, 1)), return_features=True)
+    forward = nnx.jit(lambda m, x: m(x, return_features=True))  # one program, not one per op
+    logits, feats = forward(model, jnp.ones((2, 8, 8, 1)))
     assert logits.dtype == jnp.float32
     assert feats["block_outputs"][0].dtype == jnp.bfloat16
 
