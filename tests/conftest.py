@@ -52,6 +52,13 @@ def xla_flags(devices, env=None):
     return " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
 
 
+def env_with_devices(devices, env=None):
+    """``env`` (default: this process's environment) for a subprocess with ``devices`` fake
+    CPU devices (``xla_flags``)."""
+    env = os.environ if env is None else env
+    return {**env, "XLA_FLAGS": xla_flags(devices, env)}
+
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = xla_flags(4)
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")

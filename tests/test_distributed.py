@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import wait_until, xla_flags
+from conftest import env_with_devices, wait_until
 
 import train
 from training import distributed
@@ -37,10 +37,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def env_with_devices(n):
-    return {**os.environ, "XLA_FLAGS": xla_flags(n)}
 
 
 def train_cmd(workdir, num_steps, *extra):

@@ -37,9 +37,9 @@ def test_cifar_parameter_counts_match_the_published_ones(depth, params):
     # (test_scanned_networks_keep_the_published_parameter_and_multiply_add_counts), and
     # abstractly: its stacked blocks are few modules, and their values would only cost time.
     for plain in (False, True):
-        cfg = dict(family="cifar", depth=depth, plain=plain, num_classes=10,
-                   scan_blocks=depth > 110)
-        model = abstract_model(**cfg) if depth > 110 else models.build_model(cfg)
+        stacked = depth > 110
+        cfg = dict(family="cifar", depth=depth, plain=plain, num_classes=10, scan_blocks=stacked)
+        model = abstract_model(**cfg) if stacked else models.build_model(cfg)
         assert count_params(model) == params
 
 

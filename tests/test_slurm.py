@@ -24,11 +24,11 @@ import slurm_cluster
 from conftest import (
     TINY,
     _shared_root,
+    env_with_devices,
     read_metrics,
     tiny_run,
     wait_until,
     without_timing,
-    xla_flags,
 )
 
 from experiments import slurm_queue, sweep
@@ -168,7 +168,7 @@ def test_a_two_task_job_joins_through_slurm_and_trains_what_one_process_trains(
     SLURM detection; the first logged loss is the one-process run's (four devices);
     `--cancel` then stops the job, and the run waits to be resumed."""
     study = tmp_path / "two"
-    env = {**cluster.env, "XLA_FLAGS": xla_flags(2, cluster.env)}
+    env = env_with_devices(2, cluster.env)
     out = launch(cluster, study, "--slurm", "ntasks=2", "--detach", "--no-report", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     metrics = study / "run" / "metrics.jsonl"

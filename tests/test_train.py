@@ -12,6 +12,7 @@ from conftest import (
     TINY,
     checkpoint_steps,
     copy_run,
+    env_with_devices,
     load_json,
     read_metrics,
     run_parts,
@@ -21,7 +22,6 @@ from conftest import (
     train_cmd,
     wait_until,
     without_timing,
-    xla_flags,
 )
 
 import train
@@ -197,10 +197,9 @@ def _losses(workdir, batch_norm, devices=None):
         assert jax.device_count() == 4
         train.train_and_evaluate(tiny_config(batch_norm=batch_norm, **SHORT), str(workdir))
     else:
-        env = {**os.environ, "XLA_FLAGS": xla_flags(devices)}
         out = subprocess.run(train_cmd(workdir, *(f"--config.{k}={v}" for k, v in SHORT.items()),
                                        f"--config.batch_norm={batch_norm}"),
-                             env=env, capture_output=True, text=True)
+                             env=env_with_devices(devices), capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
     return np.array([m["train_loss"] for m in read_metrics(workdir)])
 
